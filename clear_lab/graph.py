@@ -1,0 +1,114 @@
+"""Graphs the backbones propagate over: the normalised user-item graph and the item-item kNN graph from features.
+
+* ``normalized_adjacency``: the symmetric bipartite graph of training interactions over ``N = n_users + n_items``
+  nodes, ``A_hat = D^-1/2 A D^-1/2`` (LightGCN; MMRec adds 1e-7 to each degree so isolated nodes give no NaN).
+* ``knn_graph``: FREEDOM's frozen item-item graph. Rows are L2-normalised, ``S = X X^T`` is cosine similarity, each
+  item keeps its ``k`` most similar items (itself included, as in MMRec), edges are binary and normalised with the
+  *row* degrees, ``value_ij = (d_i d_j)^-1/2``. Computed in chunks of rows so the ``n x n`` similarity never exists
+  at once.
+* ``degree_sensitive_keep``: FREEDOM's edge dropout, which keeps a fraction of user-item edges sampled without
+  replacement with probability proportional to ``1/sqrt(d_u d_i)``.
+
+Graphs built from features follow the features: under CLEAR's input placement the kNN graph is built from the
+projected features, and the optional on-disk cache is keyed by a hash of the feature bytes (MMRec keys its cache by
+``k`` alone, so a projected run silently reuses the raw graph there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sparse_tensor(rows: np.ndarray | torch.Tensor, cols: np.ndarray | torch.Tensor, values: np.ndarray | torch.Tensor,
+                  shape: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """A coalesced float32 sparse COO tensor (``torch.sparse.mm`` and autograd both accept it on CPU and CUDA)."""
+    idx = torch.stack([torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)])
+    val = torch.as_tensor(values, dtype=torch.float32)
+    return torch.sparse_coo_tensor(idx, val, shape, device=device, check_invariants=False).coalesce()
+
+
+def sym_norm_values(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """``(d_r d_c)^-1/2`` per edge of a binary bipartite edge list, degrees counted on that edge list (+1e-7)."""
+    d_r = np.bincount(rows, minlength=n_rows).astype(np.float64) + 1e-7
+    d_c = np.bincount(cols, minlength=n_cols).astype(np.float64) + 1e-7
+    return (d_r[rows] ** -0.5) * (d_c[cols] ** -0.5)
+
+
+def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(N, N)`` sparse ``D^-1/2 A D^-1/2`` of the bipartite graph; item node j is index ``n_users + j``.
+
+    ``users``/``items`` are the training pairs (duplicates must already be removed).
+    """
+    vals = sym_norm_values(users, items, n_users, n_items)
+    rows = np.concatenate([users, items + n_users])
+    cols = np.concatenate([items + n_users, users])
+    n = n_users + n_items
+    return sparse_tensor(rows, cols, np.concatenate([vals, vals]), (n, n), device)
+
+
+def features_key(features: torch.Tensor | np.ndarray, *extra: object) -> str:
+    """Short sha256 of a feature matrix's bytes plus any settings, for graph caches."""
+    x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    h = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    h.update(repr((x.shape, *extra)).encode())
+    return h.hexdigest()[:16]
+
+
+def knn_indices(features: torch.Tensor, k: int, chunk_size: int = 2048) -> torch.Tensor:
+    """``(n, k)`` indices of each row's ``k`` nearest rows by cosine similarity (self included).
+
+    Zero rows have no direction: they get a similarity of 0 to everything instead of MMRec's NaN.
+    """
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn_k must be in [1, n_items = {n}], got {k}")
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    out = torch.empty((n, k), dtype=torch.long, device=features.device)
+    for start in range(0, n, chunk_size):
+        sim = x[start:start + chunk_size] @ x.T  # (chunk, n)
+        out[start:start + chunk_size] = torch.topk(sim, k, dim=1).indices
+    return out
+
+
+def knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | None = None) -> torch.Tensor:
+    """FREEDOM's binary cosine kNN item graph, ``(n, n)`` sparse, values ``(d_i d_j)^-1/2`` with row degrees.
+
+    With ``cache_dir`` the graph is stored as ``knn_<hash>.pt``, the hash covering the feature bytes and ``k``.
+    """
+    n = features.shape[0]
+    device = features.device
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"knn_{features_key(features, k)}.pt"
+        if path.is_file():
+            return torch.load(path, map_location=device)
+    nbr = knn_indices(features, k)
+    rows = torch.arange(n, device=device).repeat_interleave(k)
+    cols = nbr.reshape(-1)
+    # degree = number of stored entries in each row (k for every row, but computed for clarity and safety)
+    deg = torch.bincount(rows, minlength=n).float() + 1e-7
+    inv = deg.pow(-0.5)
+    vals = inv[rows] * inv[cols]
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), device=device,
+                                    check_invariants=False).coalesce()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(graph.cpu(), path)
+    return graph
+
+
+def degree_sensitive_keep(weights: np.ndarray, n_keep: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n_keep`` edges drawn without replacement with probability proportional to ``weights``.
+
+    Efraimidis-Spirakis keys ``u^(1/w)`` (here ``log(u)/w``): taking the largest ``n_keep`` keys is a draw from the
+    same distribution as successive weighted draws without replacement (what ``torch.multinomial`` does), in one
+    vectorised pass.
+    """
+    keys = np.log(rng.random(weights.size)) / weights
+    keep = np.argpartition(-keys, n_keep - 1)[:n_keep]
+    return np.sort(keep)
