@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clear_lab.graph import degree_sensitive_keep, knn_graph, normalized_adjacency, sparse_tensor, sym_norm_values
+from clear_lab.graph import SparseOperator, degree_sensitive_keep, knn_graph, normalized_adjacency, sparse_tensor, sym_norm_values
 from clear_lab.models.base import Recommender, bpr_loss
 
 
@@ -76,12 +76,12 @@ class FREEDOM(Recommender):
         mm = graphs[0] * weights[0]
         for g, wt in zip(graphs[1:], weights[1:]):
             mm = mm + g * wt
-        self.mm_adj = mm.coalesce()
+        self.mm_adj = SparseOperator(mm)
 
         u, i = data.train[:, 0], data.train[:, 1]
         self.edge_users, self.edge_items = u, i
         self.edge_weights = sym_norm_values(u, i, self.n_users, self.n_items)
-        self.norm_adj = normalized_adjacency(u, i, self.n_users, self.n_items, self.device)
+        self.norm_adj = SparseOperator(normalized_adjacency(u, i, self.n_users, self.n_items, self.device))
         self.masked_adj = self.norm_adj
         self._cache = None
         self.to(self.device)
@@ -96,17 +96,18 @@ class FREEDOM(Recommender):
         u, i = self.edge_users[keep], self.edge_items[keep]
         vals = sym_norm_values(u, i, self.n_users, self.n_items)
         n = self.n_users + self.n_items
-        self.masked_adj = sparse_tensor(np.concatenate([u, i + self.n_users]), np.concatenate([i + self.n_users, u]),
-                                        np.concatenate([vals, vals]), (n, n), self.device)
+        self.masked_adj = SparseOperator(sparse_tensor(np.concatenate([u, i + self.n_users]),
+                                                       np.concatenate([i + self.n_users, u]),
+                                                       np.concatenate([vals, vals]), (n, n), self.device))
 
     def propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_id_embedding.weight
         for _ in range(self.params["n_mm_layers"]):
-            h = torch.sparse.mm(self.mm_adj, h)
+            h = self.mm_adj @ h
         x = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
         acc = x
         for _ in range(self.params["n_ui_layers"]):
-            x = torch.sparse.mm(adj, x)
+            x = adj @ x
             acc = acc + x
         out = acc / (self.params["n_ui_layers"] + 1)
         return out[: self.n_users], out[self.n_users:] + h

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clear_lab.graph import normalized_adjacency
+from clear_lab.graph import SparseOperator, normalized_adjacency
 from clear_lab.models.base import Recommender, bpr_loss, emb_loss
 
 
@@ -28,7 +28,8 @@ class LightGCN(Recommender):
         d = self.params["embedding_size"]
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.adj = normalized_adjacency(data.train[:, 0], data.train[:, 1], self.n_users, self.n_items, self.device)
+        self.adj = SparseOperator(normalized_adjacency(data.train[:, 0], data.train[:, 1], self.n_users, self.n_items,
+                                                       self.device))
         self._cache = None
         self.to(self.device)
 
@@ -36,7 +37,7 @@ class LightGCN(Recommender):
         x = torch.cat([self.user_emb, self.item_emb])
         acc = x
         for _ in range(self.params["n_layers"]):
-            x = torch.sparse.mm(self.adj, x)
+            x = self.adj @ x
             acc = acc + x
         out = acc / (self.params["n_layers"] + 1)
         return out[: self.n_users], out[self.n_users:]
