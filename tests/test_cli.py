@@ -83,7 +83,6 @@ def test_module_entry_point_and_help():
 
 def test_environment_yml_lists_what_pyproject_lists():
     import tomllib
-
     import yaml
 
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from clear_lab.graph import SparseOperator, degree_sensitive_keep, knn_graph, normalized_adjacency, sparse_tensor, sym_norm_values
+from clear_lab.graph import (
+    SparseOperator,
+    degree_sensitive_keep,
+    knn_graph,
+    normalized_adjacency,
+    sparse_tensor,
+    sym_norm_values,
+)
 from clear_lab.models.base import Recommender, bpr_loss
 
 
