@@ -25,13 +25,33 @@ def resolve_dataset(dataset: str, data_dir: str | Path | None = None, seed: int 
     from clear_lab.synthetic import PRESETS, generate_preset
 
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
-    for cand in (Path(dataset), data_dir / dataset, SHARED_DATA / dataset):
+    generated = data_dir / dataset
+    if dataset in PRESETS and generated.is_dir() and not _is_current(generated, dataset, seed):
+        return generate_preset(dataset, generated, seed=seed)  # made by another generator version or config
+    for cand in (Path(dataset), generated, SHARED_DATA / dataset):
         if cand.is_dir() and any(cand.glob("*.inter")):
             return cand
     if dataset in PRESETS:
-        return generate_preset(dataset, data_dir / dataset, seed=seed)
+        return generate_preset(dataset, generated, seed=seed)
     raise DataError(f"dataset {dataset!r}: not a folder with a .inter file, not in {data_dir} or {SHARED_DATA}, "
                     f"and not a synthetic preset ({', '.join(sorted(PRESETS))})")
+
+
+def _is_current(folder: Path, preset: str, seed: int) -> bool:
+    """Was ``folder`` generated from this preset, seed and generator version (per its meta.json)?"""
+    import dataclasses
+    import json
+
+    from clear_lab.synthetic import GENERATOR_VERSION, PRESETS
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    want = dataclasses.asdict(PRESETS[preset])
+    want["modalities"] = list(want["modalities"])
+    return (meta.get("generator_version") == GENERATOR_VERSION and meta.get("seed") == seed
+            and meta.get("config") == want)
 
 
 def dataset_modalities(dataset: str, path: Path) -> list[str] | None:

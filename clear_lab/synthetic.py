@@ -87,12 +87,12 @@ class SyntheticConfig:
     r_shared: int = 4  # planted rank of the shared factor z_s (expressed by all modalities)
     r_specific: int = 6  # rank of each modality-specific factor z_m
     r_cf: int = 8  # rank of the collaborative-only factor z_cf (no feature shows it)
-    shared_strength: float = 3.0  # std of the features along each planted shared direction
+    shared_strength: float = 4.0  # std of the features along each planted shared direction
     specific_strength: float = 1.5  # std of the features along each modality-specific direction
-    noise_norm: float = 2.0  # expected L2 norm of a row's isotropic Gaussian noise (per coord: /sqrt(d))
+    noise_norm: float = 0.5  # expected L2 norm of a row's isotropic Gaussian noise (per coord: /sqrt(d))
     w_shared: float = 0.1  # weight of <p_u^s, z_s_i> in the score: small = shared part is redundant
     w_specific: float = 0.5  # weight of each <p_u^m, z_m_i> in the score
-    w_cf: float = 0.5  # weight of <p_u^cf, z_cf_i> in the score
+    w_cf: float = 0.3  # weight of <p_u^cf, z_cf_i> in the score
     popularity_std: float = 1.0  # std of the log-popularity b_i added to the score (log-normal skew)
     temperature: float = 1.0  # softmax temperature T over score / T; lower = more deterministic choices
     mean_interactions: float = 20.0  # mean interactions per user (before the every-item fix-up)
@@ -130,8 +130,8 @@ PRESETS: dict[str, SyntheticConfig] = {
     # Teaching size: dozens of short LightGCN/FREEDOM-like runs fit a 2-core CPU budget.
     "default": SyntheticConfig(preset="default"),
     # Same features as default (same seed -> identical feature files); now the shared factor drives
-    # preference and the specific ones barely do.  Total score variance matches default (~5.0):
-    # 0.85^2 * 4 + 0.1^2 * 12 + 0.5^2 * 8  vs  0.1^2 * 4 + 0.5^2 * 12 + 0.5^2 * 8.
+    # preference and the specific ones barely do.  Total score variance is close to default's:
+    # 0.85^2 * 4 + 0.1^2 * 12 + 0.3^2 * 8 = 3.73  vs  0.1^2 * 4 + 0.5^2 * 12 + 0.3^2 * 8 = 3.76.
     "control": SyntheticConfig(preset="control", w_shared=0.85, w_specific=0.1),
     # Amazon-Baby-sized (MMRec's 19,445 x 7,050, ~160k interactions, 4096-d image, 384-d text).
     "baby-like": SyntheticConfig(

@@ -54,3 +54,19 @@ def test_record_and_smoke(tmp_path, monkeypatch):
     assert not smoke_mode(False) and smoke_mode(True)
     monkeypatch.setenv("CLEAR_LAB_SMOKE", "1")
     assert smoke_mode(False)
+
+
+def test_resolve_dataset_generates_and_refreshes_stale_presets(tmp_path):
+    import json as _json
+
+    from clear_lab.datasets import resolve_dataset
+
+    path = resolve_dataset("tiny", data_dir=tmp_path)
+    assert path == tmp_path / "tiny" and (path / "tiny.inter").is_file()
+    stamp = (path / "tiny.inter").stat().st_mtime_ns
+    assert resolve_dataset("tiny", data_dir=tmp_path) == path and (path / "tiny.inter").stat().st_mtime_ns == stamp
+    meta = _json.loads((path / "meta.json").read_text())
+    meta["config"]["noise_norm"] = 123.0  # as if written by an older generator design
+    (path / "meta.json").write_text(_json.dumps(meta))
+    resolve_dataset("tiny", data_dir=tmp_path)
+    assert _json.loads((path / "meta.json").read_text())["config"]["noise_norm"] != 123.0
