@@ -79,12 +79,13 @@ def main() -> int:
 
     r = summary["metrics"]["recall@20"]
     print(f"\n{args.model} on {args.dataset}, CLEAR {args.placement} k={k} lam={args.lam}, seeds {args.seeds}")
-    print(f"| arm | test R@20 mean [95% CI] | test N@20 mean [95% CI] |\n|---|---|---|")
+    print("| arm | test R@20 mean [95% CI] | test N@20 mean [95% CI] |\n|---|---|---|")
     for arm in ("none", "clear"):
         n = summary["metrics"]["ndcg@20"][arm]
         print(f"| {arm} | {r[arm]['mean']:.4f} [{r[arm]['low']:.4f}, {r[arm]['high']:.4f}] | "
               f"{n['mean']:.4f} [{n['low']:.4f}, {n['high']:.4f}] |")
-    print(f"relative gain R@20 {100 * r['relative_gain']:+.2f}%; seeds paired t p = {r['seeds_paired_t']['p_value']:.4f}; "
+    print(f"relative gain R@20 {100 * r['relative_gain']:+.2f}%; "
+          f"seeds paired t p = {r['seeds_paired_t']['p_value']:.4f}; "
           f"users bootstrap diff {r['users_bootstrap']['mean_diff']:+.4f} "
           f"[{r['users_bootstrap']['low']:+.4f}, {r['users_bootstrap']['high']:+.4f}] "
           f"p = {r['users_bootstrap']['p_value']:.4f}; Wilcoxon p = {r['users_wilcoxon']['p_value']:.4g}")
