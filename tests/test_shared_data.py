@@ -7,9 +7,9 @@ which has the data, fails instead of skipping.
 from __future__ import annotations
 
 import numpy as np
+from conftest import shared_dataset
 
 from clear_lab.data import load_dataset
-from conftest import shared_dataset
 
 
 def test_tiktok_loads_with_its_published_counts():
