@@ -14,7 +14,6 @@ env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -r requirements-cpu.lock
 	$(BIN)/pip install -q --no-deps -e .
@@ -37,7 +36,8 @@ bench: env
 	$(BIN)/python benchmarks/bench_epoch.py
 
 lock:
-	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' | sort -f > requirements-cpu.lock.new
+	head -n 2 requirements-cpu.lock > requirements-cpu.lock.new
+	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' | sort -f >> requirements-cpu.lock.new
 	mv requirements-cpu.lock.new requirements-cpu.lock
 
 clean-runs:
