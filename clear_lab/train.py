@@ -235,7 +235,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
     bar = tqdm(range(config.epochs), desc=f"{model_cls.name} clear={config.clear}", disable=not config.progress,
                leave=False)
     for epoch in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.train()
         model.pre_epoch(rng)
         if hook is not None and config.latent_refresh_every is None:
@@ -252,6 +252,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
             total += float(loss.detach())
             n_batches += 1
         train_seconds = time.perf_counter() - t0
+        train_cpu_seconds = time.process_time() - c0  # all threads of this process: robust to a busy machine
         mean_loss = total / max(n_batches, 1)
         if not math.isfinite(mean_loss):
             stop_reason = f"loss became {mean_loss} at epoch {epoch}"
@@ -260,7 +261,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
         valid = _evaluate(model, data, "valid", config, device, train_csr)
         score = valid.mean[config.valid_metric]
         entry = {"epoch": epoch, "loss": mean_loss, "train_seconds": train_seconds,
-                 "eval_seconds": valid.seconds, "valid": valid.to_dict()}
+                 "train_cpu_seconds": train_cpu_seconds, "eval_seconds": valid.seconds, "valid": valid.to_dict()}
         improved, stop = stopper.update(score)
         if improved:
             best_epoch, best_valid = epoch, valid
@@ -290,6 +291,8 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
         "best_valid": best_valid.to_dict() if best_valid else None,
         "test": best_test.to_dict() if best_test else None,
         "seconds": {"build": build_seconds, "train_epoch_mean": float(np.mean(train_times)) if train_times else None,
+                    "train_epoch_cpu_mean": float(np.mean([h["train_cpu_seconds"] for h in history
+                                                           if "train_cpu_seconds" in h])) if train_times else None,
                     "eval_mean": float(np.mean(eval_times)) if eval_times else None,
                     "total": float(sum(train_times) + sum(eval_times) + build_seconds)},
         "history": history,
