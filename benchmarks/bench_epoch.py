@@ -47,10 +47,12 @@ def run_one(args: argparse.Namespace) -> dict:
     train_times = [h["train_seconds"] for h in rec["history"]]
     eval_times = [h["eval_seconds"] for h in rec["history"] if "eval_seconds" in h]
     steady = train_times[1:] if len(train_times) > 1 else train_times
+    cpu = [h["train_cpu_seconds"] for h in rec["history"]]
+    cpu = cpu[1:] if len(cpu) > 1 else cpu
     return {"model": args.model, "clear": args.clear, "k": args.k, "data": str(args.data), "threads": args.threads,
             "device": rec["environment"]["device"], "epochs": len(train_times), "load_seconds": load_s,
             "build_seconds": rec["seconds"]["build"], "train_epoch_seconds": sum(steady) / len(steady),
-            "train_epoch_seconds_all": train_times, "eval_seconds": sum(eval_times) / len(eval_times),
+            "train_epoch_seconds_all": train_times, "train_epoch_cpu_seconds": sum(cpu) / len(cpu), "eval_seconds": sum(eval_times) / len(eval_times),
             "projection_seconds": projection_s,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "dataset": {k: rec["data"][k] for k in ("n_users", "n_items", "n_train", "features")}}
@@ -87,12 +89,12 @@ def main() -> int:
             return out.returncode
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    print(f"{'model':10s} {'clear':7s} {'threads':>7s} {'train s/epoch':>13s} {'eval s':>8s} "
+    print(f"{'model':10s} {'clear':7s} {'threads':>7s} {'train s/epoch':>13s} {'cpu s/epoch':>11s} {'eval s':>8s} "
           f"{'proj s':>7s} {'peak GB':>8s}")
     for r in results:
         proj = f"{r['projection_seconds']:.2f}" if r["projection_seconds"] is not None else "-"
         print(f"{r['model']:10s} {r['clear']:7s} {r['threads']:7d} {r['train_epoch_seconds']:13.3f} "
-              f"{r['eval_seconds']:8.3f} {proj:>7s} {r['peak_rss_gb']:8.2f}")
+              f"{r['train_epoch_cpu_seconds']:11.3f} {r['eval_seconds']:8.3f} {proj:>7s} {r['peak_rss_gb']:8.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
