@@ -89,7 +89,8 @@ def main() -> int:
             return out.returncode
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    print(f"{'model':10s} {'clear':7s} {'threads':>7s} {'train s/epoch':>13s} {'cpu s/epoch':>11s} {'eval s':>8s} "
+    print(f"{'model':10s} {'clear':7s} {'threads':>7s} {'train s/epoch':>13s} {'cpu s/epoch':>11s} "
+          f"{'eval s':>8s} "
           f"{'proj s':>7s} {'peak GB':>8s}")
     for r in results:
         proj = f"{r['projection_seconds']:.2f}" if r["projection_seconds"] is not None else "-"
