@@ -52,7 +52,8 @@ def run_one(args: argparse.Namespace) -> dict:
     return {"model": args.model, "clear": args.clear, "k": args.k, "data": str(args.data), "threads": args.threads,
             "device": rec["environment"]["device"], "epochs": len(train_times), "load_seconds": load_s,
             "build_seconds": rec["seconds"]["build"], "train_epoch_seconds": sum(steady) / len(steady),
-            "train_epoch_seconds_all": train_times, "train_epoch_cpu_seconds": sum(cpu) / len(cpu), "eval_seconds": sum(eval_times) / len(eval_times),
+            "train_epoch_seconds_all": train_times, "train_epoch_cpu_seconds": sum(cpu) / len(cpu),
+            "eval_seconds": sum(eval_times) / len(eval_times),
             "projection_seconds": projection_s,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "dataset": {k: rec["data"][k] for k in ("n_users", "n_items", "n_train", "features")}}
