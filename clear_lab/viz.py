@@ -1,17 +1,22 @@
 """Saving figures the reproducible way: a PNG with its caption in the metadata, the tidy CSV behind it, and a JSON
-sidecar naming the dataset, seeds and settings. The figure is closed afterwards (open figures pile up in long
-papermill runs).
+sidecar naming the dataset, seeds and settings. Outside a notebook the figure is closed afterwards (open figures
+pile up in long runs); inside one, the inline backend displays it at the end of the cell and closes it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg", force=False)  # headless by default; JupyterLab's inline backend still takes over
+# Headless scripts get Agg; inside a Jupyter kernel (JupyterLab, papermill, nbval) keep the inline backend, or no
+# figure would show in the notebook.
+if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
@@ -29,9 +34,11 @@ def save_figure(fig, name: str, table=None, caption: str = "", settings: dict[st
     desc = caption + (" | " + "; ".join(f"{k}={v}" for k, v in settings.items()) if settings else "")
     png = out / f"{name}.png"
     fig.savefig(png, dpi=dpi, bbox_inches="tight", metadata={"Title": name, "Description": desc, "Software": None})
+
     if table is not None:
         table.to_csv(out / f"{name}.csv", index=False)
     (out / f"{name}.json").write_text(json.dumps({"figure": name, "caption": caption, "settings": settings},
                                                  indent=2, default=str) + "\n")
-    plt.close(fig)
+    if "ipykernel" not in sys.modules:
+        plt.close(fig)  # scripts: free it now; in a notebook the inline backend shows it, then closes it
     return png
