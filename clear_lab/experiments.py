@@ -38,7 +38,7 @@ from clear_lab.data import InteractionData
 from clear_lab.projection import CLEARProjector
 from clear_lab.runs import DEFAULT_CACHE, cached_train, load_run, run_key
 from clear_lab.stats import align_users, mean_ci, paired_bootstrap, paired_seeds_test, paired_wilcoxon
-from clear_lab.train import TrainConfig, _pick_modalities
+from clear_lab.train import TrainConfig, pick_modalities
 
 # metrics copied into every row: (split, metric)
 ROW_METRICS = (("valid", "recall@20"), ("valid", "ndcg@20"), ("test", "recall@10"), ("test", "recall@20"),
@@ -92,7 +92,7 @@ def canonical_config(config: TrainConfig, data: InteractionData | None = None) -
     if config.clear != "input":
         return config, None
     if config.ratio is not None and data is not None:
-        a, b = _pick_modalities(data, config.clear_modalities)
+        a, b = pick_modalities(data, config.clear_modalities)
         k = CLEARProjector(ratio=config.ratio, lam=config.lam).fit(data.features[a], data.features[b]).k_
         fixed = dataclasses.replace(config, k=int(k), ratio=None)
         inner, why = canonical_config(fixed, data)

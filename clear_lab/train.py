@@ -143,7 +143,8 @@ class EarlyStopping:
         return False, self.bad_epochs > self.patience
 
 
-def _pick_modalities(data: InteractionData, wanted: tuple[str, str] | None) -> tuple[str, str]:
+def pick_modalities(data: InteractionData, wanted: tuple[str, str] | None) -> tuple[str, str]:
+    """The two modalities CLEAR acts on: ``wanted``, or the data's own when it has exactly two (else an error)."""
     names = tuple(wanted) if wanted else tuple(data.modalities)
     if len(names) != 2:
         raise ValueError(f"CLEAR projects exactly two modalities; the data has {len(names)} "
@@ -156,7 +157,7 @@ def _pick_modalities(data: InteractionData, wanted: tuple[str, str] | None) -> t
 
 def apply_input_clear(data: InteractionData, config: TrainConfig) -> tuple[InteractionData, dict]:
     """Project the two modalities' raw features once: ``X_a P_a``, ``X_b P_b``. Returns new data and a summary."""
-    a, b = _pick_modalities(data, config.clear_modalities)
+    a, b = pick_modalities(data, config.clear_modalities)
     fa, fb = data.features[a], data.features[b]
     proj = CLEARProjector(k=config.k, ratio=config.ratio, lam=config.lam).fit(fa, fb)
     if config.clear_basis == "shared":
@@ -202,7 +203,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
     clear_summary: dict[str, Any] = {"placement": config.clear}
     if config.clear == "latent":
         model_cls.check_latent(params)
-        _pick_modalities(data, config.clear_modalities)
+        pick_modalities(data, config.clear_modalities)
     if config.clear == "input":
         data, summary = apply_input_clear(data, config)
         clear_summary.update(summary)
