@@ -1,7 +1,8 @@
 """Training runs cached on disk, so figures re-render without retraining and an interrupted batch resumes.
 
-A run is keyed by ``sha256(full TrainConfig, data content hash, clear_lab version)``: change any setting, any
-feature byte or the package version and it trains again. Knobs that cannot change the numbers (progress bar, thread
+A run is keyed by ``sha256(full TrainConfig, data content hash, clear_lab version, training-code hash)``: change
+any setting, any feature byte, the package version or the source of a module that shapes a run (trainer, models,
+graphs, data, metrics, projection) and it trains again. Knobs that cannot change the numbers (progress bar, thread
 count, graph-cache folder) are left out of the key. Each finished run is written as ``<key>.json`` (the record) and
 ``<key>.per_user.npz`` (per-user metrics), each first to a temporary name and then renamed, so a batch killed
 mid-write never leaves a half-written run that would later be read as finished.
@@ -24,13 +25,25 @@ from clear_lab.train import RunResult, TrainConfig, train
 
 DEFAULT_CACHE = Path("runs") / "cache"
 _NOT_IN_KEY = ("progress", "threads", "cache_dir")
+_CODE = ("train.py", "data.py", "graph.py", "metrics.py", "projection.py", "controls.py", "models")
+
+
+def code_hash() -> str:
+    """sha256 of the source files whose change can change a run's numbers."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _CODE:
+        for path in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def run_key(data: InteractionData, config: TrainConfig) -> str:
     """The cache key of training ``config`` on ``data``."""
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_KEY}
-    payload = json.dumps({"config": cfg, "data": data.content_hash(), "version": __version__}, sort_keys=True,
-                         default=list)
+    payload = json.dumps({"config": cfg, "data": data.content_hash(), "version": __version__, "code": code_hash()},
+                         sort_keys=True, default=list)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

@@ -70,3 +70,11 @@ def test_resolve_dataset_generates_and_refreshes_stale_presets(tmp_path):
     (path / "meta.json").write_text(_json.dumps(meta))
     resolve_dataset("tiny", data_dir=tmp_path)
     assert _json.loads((path / "meta.json").read_text())["config"]["noise_norm"] != 123.0
+
+
+def test_key_follows_the_training_code(tiny_data, monkeypatch):
+    import clear_lab.runs as runs
+
+    before = run_key(tiny_data, cfg())
+    monkeypatch.setattr(runs, "code_hash", lambda: "edited-model-code")
+    assert run_key(tiny_data, cfg()) != before
