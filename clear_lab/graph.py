@@ -156,3 +156,72 @@ def degree_sensitive_keep(weights: np.ndarray, n_keep: int, rng: np.random.Gener
     keys = np.log(rng.random(weights.size)) / weights
     keep = np.argpartition(-keys, n_keep - 1)[:n_keep]
     return np.sort(keep)
+
+
+# -- similarity-weighted graphs (MGCN, SMORE) --------------------------------------------------------------------
+def knn_topk(features: torch.Tensor, k: int, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)``, each ``(n, k)``: every row's ``k`` largest cosine similarities (self included) and
+    whose they are. Same neighbours as :func:`knn_indices`; zero rows have similarity 0 to everything."""
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn_k must be in [1, n_items = {n}], got {k}")
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    vals = torch.empty((n, k), dtype=torch.float32, device=features.device)
+    idx = torch.empty((n, k), dtype=torch.long, device=features.device)
+    for start in range(0, n, chunk_size):
+        top = torch.topk(x[start:start + chunk_size] @ x.T, k, dim=1)  # the (chunk, n) similarity, one chunk at a time
+        vals[start:start + chunk_size], idx[start:start + chunk_size] = top.values, top.indices
+    return vals, idx
+
+
+def weighted_knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | None = None) -> torch.Tensor:
+    """MGCN's / SMORE's item graph: ``(n, n)`` sparse ``D^-1/2 S D^-1/2`` of the similarity-weighted kNN graph.
+
+    ``S_ij = cos(x_i, x_j)`` when j is among i's ``k`` most similar items (itself included), else 0, so ``S`` is not
+    symmetric; ``D = diag(S 1)`` holds the *row* sums of the kept similarities (MMRec's ``get_sparse_laplacian``
+    scatters the weights by row), and ``value_ij = d_i^-1/2 S_ij d_j^-1/2``. A row whose degree is not positive
+    (a zero feature row, or neighbours so dissimilar that they cancel itself) gets ``d^-1/2 = 0`` where MMRec would
+    give inf/NaN. With ``cache_dir`` the graph is stored as ``wknn_<hash>.pt``, the hash covering features and ``k``.
+    """
+    n = features.shape[0]
+    device = features.device
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"wknn_{features_key(features, k, 'weighted')}.pt"
+        if path.is_file():
+            return torch.load(path, map_location=device)
+    vals, nbr = knn_topk(features, k)
+    rows = torch.arange(n, device=device).repeat_interleave(k)
+    cols = nbr.reshape(-1)
+    w = vals.reshape(-1)
+    deg = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, rows, w)
+    inv = torch.where(deg > 0, deg.clamp_min(1e-30).pow(-0.5), torch.zeros_like(deg))
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), inv[rows] * w * inv[cols], (n, n), device=device,
+                                    check_invariants=False).coalesce()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(graph.cpu(), path)
+    return graph
+
+
+def normalized_interactions(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                            device: torch.device | str = "cpu") -> torch.Tensor:
+    """``R_hat``: the ``(n_users, n_items)`` user-item block of :func:`normalized_adjacency`, values
+    ``(d_u d_i)^-1/2``. MGCN and SMORE map item-side views to users with it (``users = R_hat @ items``)."""
+    return sparse_tensor(users, items, sym_norm_values(users, items, n_users, n_items), (n_users, n_items), device)
+
+
+def max_fusion_graph(*graphs: torch.Tensor) -> torch.Tensor:
+    """SMORE's fusion graph: the union of the graphs' edges, each edge taking the largest value it has in any graph
+    that contains it (an edge absent from a graph does not count there as 0). All graphs share one shape."""
+    shape = graphs[0].shape
+    if any(g.shape != shape for g in graphs):
+        raise ValueError(f"max_fusion_graph needs graphs of one shape, got {[tuple(g.shape) for g in graphs]}")
+    gs = [g.coalesce() for g in graphs]
+    idx = torch.cat([g.indices() for g in gs], dim=1)
+    val = torch.cat([g.values() for g in gs])
+    keys, inverse = torch.unique(idx[0] * shape[1] + idx[1], return_inverse=True)
+    fused = torch.full((keys.numel(),), float("-inf"), dtype=val.dtype, device=val.device)
+    fused = fused.scatter_reduce(0, inverse, val, reduce="amax", include_self=False)
+    out_idx = torch.stack([keys // shape[1], keys % shape[1]])
+    return torch.sparse_coo_tensor(out_idx, fused, shape, device=val.device, check_invariants=False).coalesce()

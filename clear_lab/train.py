@@ -63,8 +63,8 @@ class TrainConfig:
     epochs: int = 1000  # maximum epochs
     patience: int = 20  # MMRec's stopping_step: stop after patience + 1 epochs without improvement
     batch_size: int = 2048  # training triples per step
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam's (coupled) L2
+    lr: float | None = None  # Adam learning rate; None = the model's learning_rate parameter, else MMRec's 1e-3
+    weight_decay: float | None = None  # Adam's (coupled) L2; None = the model's weight_decay parameter, else 0
     seed: int = 999  # seeds model init, sampling and edge dropout
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     eval_batch_size: int = 4096  # users per evaluation batch
@@ -94,8 +94,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.valid_metric.split("@")[-1] not in {str(k) for k in self.ks}:
             raise ValueError(f"valid_metric {self.valid_metric} needs its cut-off in ks {self.ks}")
 
@@ -177,6 +179,31 @@ def apply_input_clear(data: InteractionData, config: TrainConfig) -> tuple[Inter
     return data.with_features(feats), summary
 
 
+def optimiser_settings(model_cls, params: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """Adam's learning rate and weight decay and the per-epoch lr schedule for this model.
+
+    MMRec sets these per model (LATTICE, MGCN, SMORE decay the rate as ``lr * s0 ** (epoch / s1)`` with
+    ``(s0, s1) = (0.96, 50)``; SLMRec uses weight decay 1e-4; several models grid the rate). A model declares them
+    as its ``learning_rate`` / ``weight_decay`` parameters (reachable through ``--set``) and its ``lr_schedule``;
+    ``config.lr`` / ``config.weight_decay`` override a model that does not declare them, and may not contradict
+    one that does (one source of truth per run).
+    """
+    out = {}
+    for key, cfg_value, fallback in (("learning_rate", config.lr, 1e-3), ("weight_decay", config.weight_decay, 0.0)):
+        if key in model_cls.default_params:
+            if cfg_value is not None and cfg_value != params[key]:
+                raise ValueError(f"model {model_cls.name!r} takes its {key} as a parameter ({params[key]}); set it "
+                                 f"with --set {key}=..., not with the trainer's {'lr' if key == 'learning_rate' else key}")
+            out[key] = float(params[key])
+        else:
+            out[key] = float(fallback if cfg_value is None else cfg_value)
+    if not out["learning_rate"] > 0:
+        raise ValueError(f"learning_rate must be > 0, got {out['learning_rate']}")
+    s0, s1 = model_cls.lr_schedule
+    out["lr_schedule"] = [float(s0), int(s1)]
+    return out
+
+
 def _evaluate(model, data: InteractionData, split: str, config: TrainConfig, device, train_csr) -> EvalResult:
     model.eval()
     extra = data.csr("valid") if (split == "test" and config.mask_valid_at_test) else None
@@ -197,12 +224,11 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
     device = resolve_device(config.device)
     model_cls = get_model(config.model)
     params = model_cls.resolve_params(config.params)
-    if config.clear != "none" and not model_cls.uses_features:
-        raise ValueError(f"--clear {config.clear}: model {model_cls.name!r} uses no modality features, so CLEAR "
-                         "has nothing to project (choose vbpr or freedom)")
+    refusal = model_cls.refusal(config.clear, params)
+    if refusal:
+        raise ValueError(refusal)
     clear_summary: dict[str, Any] = {"placement": config.clear}
     if config.clear == "latent":
-        model_cls.check_latent(params)
         pick_modalities(data, config.clear_modalities)
     if config.clear == "input":
         data, summary = apply_input_clear(data, config)
@@ -222,7 +248,11 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
         clear_summary.update({"modalities": list(data.modalities[:2]), "lam": config.lam,
                               "refresh_every": config.latent_refresh_every or "epoch"})
     build_seconds = time.perf_counter() - t_build
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optim = optimiser_settings(model_cls, params, config)
+    opt = torch.optim.Adam(model.parameters(), lr=optim["learning_rate"], weight_decay=optim["weight_decay"])
+    s0, s1 = optim["lr_schedule"]
+    # MMRec's LambdaLR: the rate at epoch e is lr * s0 ** (e / s1), stepped once after each epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: s0 ** (e / s1))
     sampler = BPRSampler(data.train, data.n_users, data.n_items, config.batch_size, seed=config.seed)
     rng = np.random.default_rng(config.seed + 1)  # edge dropout and other per-epoch randomness
     train_csr = data.csr("train")
@@ -252,6 +282,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
             opt.step()
             total += float(loss.detach())
             n_batches += 1
+        scheduler.step()
         train_seconds = time.perf_counter() - t0
         train_cpu_seconds = time.process_time() - c0  # all threads of this process: robust to a busy machine
         mean_loss = total / max(n_batches, 1)
@@ -284,6 +315,7 @@ def train(data: InteractionData, config: TrainConfig, keep_model: bool = False) 
     eval_times = [h["eval_seconds"] for h in history if "eval_seconds" in h]
     record = {
         "config": {**asdict(config), "params": params},
+        "optimiser": optim,
         "data": {**data.stats(), "content_hash": data.content_hash()},
         "clear": clear_summary,
         "best_epoch": best_epoch,

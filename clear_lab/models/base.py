@@ -52,6 +52,9 @@ class Recommender(nn.Module):
     default_params: ClassVar[dict[str, Any]] = {}
     param_help: ClassVar[dict[str, str]] = {}
     deviations: ClassVar[tuple[str, ...]] = ()  # differences from the MMRec implementation, for the docs
+    # MMRec's learning_rate_scheduler (s0, s1): the rate at epoch e is lr * s0 ** (e / s1); (1.0, 50) = constant.
+    # A model's learning_rate / weight_decay, when MMRec sets or grids them, are keys of default_params.
+    lr_schedule: ClassVar[tuple[float, int]] = (1.0, 50)
 
     def __init__(self, data: InteractionData, params: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", cache_dir: str | None = None):
@@ -70,6 +73,24 @@ class Recommender(nn.Module):
         if cls.latent_hook is None:
             raise ValueError(f"model {cls.name!r} has no per-modality encoded embedding: latent placement does not "
                              "apply (use --clear input, or a model with modality encoders)")
+
+    @classmethod
+    def refusal(cls, placement: str, params: dict[str, Any] | None = None) -> str | None:
+        """Why CLEAR's ``placement`` (none | input | latent) would be meaningless on this model with ``params``,
+        or None when it is supported."""
+        if placement == "none":
+            return None
+        if not cls.uses_features:
+            return (f"--clear {placement}: model {cls.name!r} uses no modality features, so CLEAR has nothing to "
+                    "project (choose a multimodal backbone)")
+        if placement == "latent":
+            try:
+                cls.check_latent(params)
+            except ValueError as err:
+                return str(err)
+        elif placement != "input":
+            raise ValueError(f"unknown placement {placement!r}; choose none, input or latent")
+        return None
 
     @classmethod
     def resolve_params(cls, params: dict[str, Any] | None) -> dict[str, Any]:

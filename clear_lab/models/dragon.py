@@ -1,0 +1,13 @@
+"""DRAGON: placeholder, being written (issue 4)."""
+
+from __future__ import annotations
+
+from clear_lab.models.base import Recommender
+
+
+class DRAGON(Recommender):
+    name = "dragon"
+    uses_features = True
+
+    def __init__(self, data, params=None, device="cpu", cache_dir=None):
+        raise NotImplementedError("DRAGON is not written yet")

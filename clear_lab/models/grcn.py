@@ -1,0 +1,13 @@
+"""GRCN: placeholder, being written (issue 4)."""
+
+from __future__ import annotations
+
+from clear_lab.models.base import Recommender
+
+
+class GRCN(Recommender):
+    name = "grcn"
+    uses_features = True
+
+    def __init__(self, data, params=None, device="cpu", cache_dir=None):
+        raise NotImplementedError("GRCN is not written yet")

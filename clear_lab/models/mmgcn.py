@@ -1,0 +1,13 @@
+"""MMGCN: placeholder, being written (issue 4)."""
+
+from __future__ import annotations
+
+from clear_lab.models.base import Recommender
+
+
+class MMGCN(Recommender):
+    name = "mmgcn"
+    uses_features = True
+
+    def __init__(self, data, params=None, device="cpu", cache_dir=None):
+        raise NotImplementedError("MMGCN is not written yet")
