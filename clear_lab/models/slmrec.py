@@ -8,7 +8,7 @@
   ``E_u``: the ID branch propagates ``[E_u; E_i]``, modality branch m propagates ``[E_u; v_m]``. Each gives user
   rows ``g^b_u`` and item rows ``g^b_i``.
 * Fusion (``mm_fusion_mode = 'concat'``): ``u = W_u cat_b(g^b_u) + c_u``, ``i = W_i cat_b(g^b_i) + c_i`` with
-  ``W_u, W_i`` of shape ``(d, (M+1) d)``. Score ``s(u, i) = u . i``.
+  ``W_u, W_i`` of shape ``(d, (M+1) d)``. Score ``s(u, i) = u . i`` (MMRec ranks by ``sigmoid(u . i)``: the same order).
 * Main loss: in-batch InfoNCE over the (user, positive) pairs, on L2-normalised rows, temperature ``temp`` = 0.2:
   ``L_main = CE(norm(u_b) norm(i_b)^T / temp, diag)`` (the other positives of the batch are the negatives).
 * FAC loss, on the batch's positive items, with *unnormalised* heads and temperature ``ssl_temp`` = 0.2,
@@ -22,11 +22,11 @@
 
   Loss ``L = L_main + ssl_alpha * L_ssl`` (``ssl_alpha`` = 0.1); Adam with weight decay 1e-4.
 
-Modality counts: MMRec's model is written for image + text (two). One modality follows MMRec's single-modality
-("kwai") branch: fusion of the ID branch and one modality, and only the first FAC term. Three or more fill the
-audio slot of the original SLMRec chain (commented out in MMRec) and, beyond it, further 64-d links: modality
-``m >= 3`` gets head pair ``(chain link, Linear(d, d))`` between the first modality's link and the last (32-d) link,
-which always belongs to the second modality.
+Modality counts: MMRec's model is written for image + text. With one modality it follows MMRec's single-modality
+("kwai") branch: fusion of the ID branch and that modality, and only the first FAC term. With three or more, the
+third modality takes the audio link of the original SLMRec chain (``g_iv_iva`` against ``g_a_iva``, commented out
+in MMRec), a fourth and later ones add further 64-d links after it, and the second modality keeps the last (32-d)
+link: slots ``(1st, 64), (3rd, 64), ..., (2nd, 32)``.
 
 Where CLEAR acts: under input placement the projected features are normalised and encoded like raw ones (every
 path from features to the ranking goes through them). Under latent placement the hook sees ``v_dense(x^(1))``,
