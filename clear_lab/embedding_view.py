@@ -198,11 +198,24 @@ def item_embeddings(model: torch.nn.Module) -> np.ndarray:
             elif name == "bpr":
                 items = model.item_embedding.weight
             else:
-                raise ValueError(f"item_embeddings does not know model {name!r} (known: lightgcn, freedom, vbpr, "
-                                 "bpr)")
+                items = _items_from_eval_cache(model)
     finally:
         model.train(was_training)
     return items.detach().cpu().numpy().astype(np.float32)
+
+
+def _items_from_eval_cache(model) -> torch.Tensor:
+    """Other backbones cache ``(user_vectors, item_vectors)`` in ``begin_eval`` when they score by a dot product."""
+    model.begin_eval()
+    try:
+        cache = getattr(model, "_cache", None)
+        if (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[1], torch.Tensor)
+                and cache[1].shape[0] == model.n_items):
+            return cache[1]
+    finally:
+        model.end_eval()
+    raise ValueError(f"item_embeddings: model {getattr(model, 'name', model)!r} does not score with one vector per "
+                     "item (its evaluation cache is not (users, items))")
 
 
 def trained_item_embeddings(data, config, cache_dir: str | Path = "runs/cache", force: bool = False):

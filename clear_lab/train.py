@@ -185,18 +185,21 @@ def optimiser_settings(model_cls, params: dict[str, Any], config: TrainConfig) -
     MMRec sets these per model (LATTICE, MGCN, SMORE decay the rate as ``lr * s0 ** (epoch / s1)`` with
     ``(s0, s1) = (0.96, 50)``; SLMRec uses weight decay 1e-4; several models grid the rate). A model declares them
     as its ``learning_rate`` / ``weight_decay`` parameters (reachable through ``--set``) and its ``lr_schedule``;
-    ``config.lr`` / ``config.weight_decay`` override a model that does not declare them, and may not contradict
-    one that does (one source of truth per run).
+    ``config.lr`` / ``config.weight_decay``, when given, override the model's default (so a notebook's ``lr``
+    parameter works for every backbone), but may not contradict a value set explicitly in ``config.params``.
     """
     out = {}
     for key, cfg_value, fallback in (("learning_rate", config.lr, 1e-3), ("weight_decay", config.weight_decay, 0.0)):
-        if key in model_cls.default_params:
-            if cfg_value is not None and cfg_value != params[key]:
-                raise ValueError(f"model {model_cls.name!r} takes its {key} as a parameter ({params[key]}); set it "
-                                 f"with --set {key}=..., not with the trainer's {'lr' if key == 'learning_rate' else key}")
+        explicit = key in (config.params or {})
+        if cfg_value is not None and explicit and float(cfg_value) != float(params[key]):
+            raise ValueError(f"{key} is set twice: {params[key]} in the model parameters and {cfg_value} in the "
+                             "trainer config; set it once")
+        if cfg_value is not None:
+            out[key] = float(cfg_value)
+        elif key in model_cls.default_params:
             out[key] = float(params[key])
         else:
-            out[key] = float(fallback if cfg_value is None else cfg_value)
+            out[key] = float(fallback)
     if not out["learning_rate"] > 0:
         raise ValueError(f"learning_rate must be > 0, got {out['learning_rate']}")
     s0, s1 = model_cls.lr_schedule

@@ -90,10 +90,14 @@ def test_optimiser_settings_follow_the_model_and_refuse_contradictions():
         lr_schedule = (0.96, 50)
 
     params = Scheduled.resolve_params({"learning_rate": 0.01})
-    assert optimiser_settings(Scheduled, params, TrainConfig()) == {"learning_rate": 0.01, "weight_decay": 1e-4,
-                                                                     "lr_schedule": [0.96, 50]}
-    with pytest.raises(ValueError, match="--set learning_rate"):
-        optimiser_settings(Scheduled, params, TrainConfig(lr=0.1))
+    config = TrainConfig(params={"learning_rate": 0.01})
+    assert optimiser_settings(Scheduled, params, config) == {"learning_rate": 0.01, "weight_decay": 1e-4,
+                                                             "lr_schedule": [0.96, 50]}
+    with pytest.raises(ValueError, match="learning_rate is set twice"):
+        optimiser_settings(Scheduled, params, TrainConfig(params={"learning_rate": 0.01}, lr=0.1))
+    # the trainer's lr overrides the model's default when the parameter was not set explicitly
+    assert optimiser_settings(Scheduled, Scheduled.resolve_params({}), TrainConfig(lr=0.1))["learning_rate"] == 0.1
+    assert optimiser_settings(Scheduled, Scheduled.resolve_params({}), TrainConfig())["learning_rate"] == 5e-4
     lgcn = get_model("lightgcn")
     assert optimiser_settings(lgcn, lgcn.resolve_params({}), TrainConfig()) == {
         "learning_rate": 1e-3, "weight_decay": 0.0, "lr_schedule": [1.0, 50]}
