@@ -11,6 +11,10 @@ message ``m_e`` computed from ``x_j`` is aggregated at ``i``, so a node that is 
   ``i``; a target with no rows gets 0 (PyG's ``aggr="add"`` / ``aggr="mean"``, which divides by ``max(count, 1)``).
 * :func:`mean_aggregate`: ``out_i = mean_{j -> i} x_j`` (MMGCN's conv after its linear map; PyG adds no self loops
   there, and MMRec's ``BaseModel`` adds none either).
+* :func:`mean_operator`: the same mean as a fixed sparse ``(n, n)`` matrix ``M = D_in^-1 A`` (``A[i, j]`` = number of
+  edges ``j -> i``), for a graph that does not change between forward passes: ``M @ x`` equals
+  ``mean_aggregate(x, edge_index)`` and, as a CSR product, is several times faster on CPU than gathering one row
+  per edge and scattering it back (MMGCN's hot path).
 * :func:`weighted_sum_aggregate`: ``out_i = sum_{e = j -> i} w_e x_j`` (GRCN's ID graph, ``aggr="add"``).
 * :func:`scatter_softmax`: ``alpha_e = exp(s_e - max_g s) / (sum_{e' in g} exp(s_e' - max_g s) + 1e-16)`` over the
   edges ``g`` sharing a target (``torch_geometric.utils.softmax``, the 1e-16 included).
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from clear_lab.graph import SparseOperator
 
 
 def bipartite_edges(users: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor, n_users: int,
@@ -63,6 +69,16 @@ def mean_aggregate(x: torch.Tensor, edge_index: torch.Tensor, n: int | None = No
     """``out_i = mean_{j -> i} x_j`` for ``x`` of shape ``(n, d)`` (``n`` defaults to ``x.shape[0]``)."""
     n = x.shape[0] if n is None else n
     return scatter_mean(x[edge_index[0]], edge_index[1], n)
+
+
+def mean_operator(edge_index: torch.Tensor, n: int) -> SparseOperator:
+    """``M`` with ``M @ x == mean_aggregate(x, edge_index, n)``: ``M[i, j] = #(j -> i) / max(#(-> i), 1)``, on the
+    edge index's device. Repeated edges count with their multiplicity, as in the gather-scatter mean."""
+    src, dst = edge_index[0], edge_index[1]
+    count = torch.bincount(dst, minlength=n).clamp_min(1).to(torch.float32)
+    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), 1.0 / count[dst], (n, n), device=edge_index.device,
+                                  check_invariants=False)
+    return SparseOperator(coo.coalesce())  # coalesce sums the entries of repeated edges
 
 
 def weighted_sum_aggregate(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor,
