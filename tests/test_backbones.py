@@ -125,3 +125,11 @@ def test_register_refuses_clashes_and_non_models():
     clash = type("Clash", (Recommender,), {"name": "bpr"})
     with pytest.raises(ValueError, match="already registered"):
         register(clash)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ALL)
+def test_every_backbone_trains_on_cuda(name, tiny_data):
+    placement = "latent" if get_model(name).refusal("latent") is None else "none"
+    rec = train(tiny_data, quick(name, epochs=1, device="cuda", clear=placement)).record
+    assert rec["environment"]["device"].startswith("cuda") and math.isfinite(rec["history"][0]["loss"])

@@ -99,3 +99,31 @@ def test_environment_yml_lists_what_pyproject_lists():
     lock = {line.split("==")[0].lower() for line in (ROOT / "requirements-cpu.lock").read_text().splitlines()
             if "==" in line}
     assert {name(r) for r in wanted} - {"torch"} <= lock  # the lock pins every dependency (torch comes first)
+
+
+@pytest.fixture(scope="module")
+def unseen_data(tmp_path_factory):
+    """A set no test has used: the tiny preset drawn with another seed, written by the CLI itself."""
+    out = tmp_path_factory.mktemp("unseen") / "unseen"
+    assert main(["generate", "--preset", "tiny", "--out", str(out), "--seed", "2026", "--name", "unseen"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(__import__("clear_lab.models", fromlist=["MODELS"]).MODELS))
+def test_train_every_backbone_from_the_command_line(name, unseen_data, tmp_path):
+    from clear_lab.models import get_model
+
+    cls = get_model(name)
+    placements = [p for p in ("none", "input", "latent") if cls.refusal(p) is None]
+    for placement in placements:
+        res = tmp_path / f"{placement}.json"
+        extra = [] if placement == "none" else ["--clear", placement, "--k", "2"]
+        assert run("train", "--data", str(unseen_data), "--model", name, *extra, "--epochs", "1", "--no-progress",
+                   "--threads", "1", "--device", "cpu", "--json", str(res)) == 0
+        rec = json.loads(res.read_text())
+        assert rec["config"]["model"] == name and rec["clear"]["placement"] == placement
+        assert rec["data"]["name"] == "unseen" and 0 <= rec["test"]["recall@20"] <= 1
+    for refused in sorted({"input", "latent"} - set(placements)):
+        assert run("train", "--data", str(unseen_data), "--model", name, "--clear", refused, "--k", "2",
+                   "--epochs", "1", "--no-progress", "--json", str(tmp_path / "x.json")) == 2
+        assert not (tmp_path / "x.json").exists()

@@ -148,3 +148,16 @@ def test_nb03_run_counts_match_the_grid(nb03):
     else:
         assert n["f"] == 3 * n_sweep  # no CLEAR, input and latent on another backbone
     assert n["h"] == 2 * n_seeds  # the control data (the default arms are (a)'s)
+
+
+def test_nb02_takes_every_backbone_without_edits(tmp_path):
+    """The notebook's ``models`` parameter accepts all registered backbones: each trains, and exactly the ones with
+    modality features also train with CLEAR."""
+    from clear_lab.models import MODELS
+
+    m = run_notebook("02_projected_vs_unprojected.ipynb", tmp_path, models=list(MODELS))
+    multimodal = [n for n, cls in MODELS.items() if cls.uses_features]
+    assert m["n_runs"] == m["n_runs_expected"] == len(MODELS) + len(multimodal)
+    rows = {(r["model"], r["label"]) for r in m["summary"] if r["metric"] == "test_recall@20"}
+    assert {name for name, _ in rows} == set(MODELS)
+    assert {name for name, label in rows if label == "CLEAR"} == set(multimodal)
