@@ -133,3 +133,22 @@ def test_every_backbone_trains_on_cuda(name, tiny_data):
     placement = "latent" if get_model(name).refusal("latent") is None else "none"
     rec = train(tiny_data, quick(name, epochs=1, device="cuda", clear=placement)).record
     assert rec["environment"]["device"].startswith("cuda") and math.isfinite(rec["history"][0]["loss"])
+
+
+def test_readme_table_has_every_backbone_and_its_true_placements():
+    """The README's backbone table is checked against the code: one row per backbone, and its input / latent
+    columns say 'yes' exactly where the trainer accepts that placement at the default setting."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Backbones\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[0] not in ("backbone", "---"):
+            rows[cells[0].lower()] = cells
+    assert set(rows) == set(MODELS)
+    for name, cells in rows.items():
+        cls = get_model(name)
+        for placement, cell in (("input", cells[4]), ("latent", cells[5])):
+            assert (cell == "yes") == (cls.refusal(placement) is None), (name, placement, cell)
