@@ -3,14 +3,15 @@ time, and keep each result record.
 
     python benchmarks/parity.py --dataset default --models bpr lightgcn vbpr freedom bm3 --seeds 999 1 2
     python benchmarks/parity.py --dataset tiktok --models bpr lightgcn vbpr freedom bm3 lgmrec slmrec mgcn
-    python benchmarks/parity.py --table --mmrec /path/to/mmrec/results   # print the markdown table
+    python benchmarks/parity.py --collect --mmrec /path/to/mmrec/results  # both sides -> docs/parity_runs.csv
+    python benchmarks/parity.py --table                                   # the markdown table of docs/parity.md
 
 Every run uses MMRec's protocol with a common cap of ``--epochs`` (300: the MMRec runs it is compared with use the
 same cap), one torch thread, CPU. A record is written to ``runs/parity/<dataset>_<model>_s<seed>.json`` and a run
-whose record exists is skipped (``--force`` retrains). ``--table`` joins these records with the JSON summaries
-of the MMRec runs (``--mmrec``: one ``<dataset>_<MODEL>_s<seed>.json`` per run, as written by the MMRec harness
-described in docs/parity.md) and prints test Recall@20 / NDCG@20, the relative gap, best epochs and seconds per
-training epoch of both. Runs one training at a time (never in parallel on a small machine).
+whose record exists is skipped (``--force`` retrains). ``--collect`` writes one row per run of either side to
+``docs/parity_runs.csv`` (ours from ``runs/parity``, MMRec's from the JSON summaries its harness wrote, ``--mmrec``;
+docs/parity.md says how MMRec was run); ``--table`` prints test Recall@20 / NDCG@20 of both, the relative gap,
+best epochs and seconds per training epoch from that file. Runs one training at a time.
 """
 
 from __future__ import annotations
@@ -52,73 +53,94 @@ def run(args) -> int:
     return 0
 
 
-def _ours(folder: Path) -> dict:
-    rows = {}
+CSV = Path("docs/parity_runs.csv")
+FIELDS = ["side", "data", "model", "seed", "epoch_cap", "recall@20", "ndcg@20", "best_epoch", "epochs_run",
+          "train_s_per_epoch", "train_cpu_s_per_epoch"]
+
+
+def _ours(folder: Path) -> list[dict]:
+    rows = []
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
-        key = (f.name.split("_")[0], r["config"]["model"], r["config"]["seed"])
-        rows[key] = {"recall": r["test"]["recall@20"], "ndcg": r["test"]["ndcg@20"], "best": r["best_epoch"],
-                     "ran": r["epochs_run"], "sec": r["seconds"]["train_epoch_mean"],
-                     "cpu": r["seconds"]["train_epoch_cpu_mean"]}
+        rows.append({"side": "clear-lab", "data": r["data"]["name"], "model": r["config"]["model"],
+                     "seed": r["config"]["seed"], "epoch_cap": r["config"]["epochs"],
+                     "recall@20": r["test"]["recall@20"], "ndcg@20": r["test"]["ndcg@20"],
+                     "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                     "train_s_per_epoch": r["seconds"]["train_epoch_mean"],
+                     "train_cpu_s_per_epoch": r["seconds"]["train_epoch_cpu_mean"]})
     return rows
 
 
-def _mmrec(folder: Path) -> dict:
-    rows = {}
+def _mmrec(folder: Path) -> list[dict]:
+    """The MMRec harness's JSON summaries (docs/parity.md says how MMRec was run)."""
+    rows = []
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
         if "test_at_best_valid_main" not in r:
             continue
-        t = r["test_at_best_valid_main"]
         timing = r.get("timing", {})
-        rows[(r["name"], r["model"].lower(), r["seed"])] = {
-            "recall": t["recall@20"], "ndcg": t["ndcg@20"], "best": r.get("best_valid_epoch"),
-            "ran": r.get("epochs_run"), "sec": timing.get("train_epoch_call_seconds", {}).get("mean"),
-            "cpu": timing.get("train_epoch_call_cpu_seconds", {}).get("mean")}
+        rows.append({"side": "MMRec", "data": r["name"], "model": r["model"].lower(), "seed": r["seed"],
+                     "epoch_cap": r.get("max_epochs"), "recall@20": r["test_at_best_valid_main"]["recall@20"],
+                     "ndcg@20": r["test_at_best_valid_main"]["ndcg@20"], "best_epoch": r.get("best_valid_epoch"),
+                     "epochs_run": r.get("epochs_run"),
+                     "train_s_per_epoch": timing.get("train_epoch_call_seconds", {}).get("mean"),
+                     "train_cpu_s_per_epoch": timing.get("train_epoch_call_cpu_seconds", {}).get("mean")})
     return rows
 
 
-def table(args) -> int:
-    from clear_lab.models import MODELS
+def collect(args) -> int:
+    """Write docs/parity_runs.csv: one row per run of either side (the table is computed from it)."""
+    import csv
 
-    ours, theirs = _ours(OUT), _mmrec(Path(args.mmrec))
-    grouped = defaultdict(lambda: {"ours": [], "mmrec": []})
-    for key, row in ours.items():
-        grouped[(key[0], key[1])]["ours"].append((key[2], row))
-    for key, row in theirs.items():
-        grouped[(key[0], key[1])]["mmrec"].append((key[2], row))
-    order = list(MODELS)
-    print("| data | model | seeds | R@20 ours | R@20 MMRec | gap | N@20 ours | N@20 MMRec | gap | best epoch ours / "
-          "MMRec | s/epoch ours / MMRec (CPU s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (data, model) in sorted(grouped, key=lambda k: (k[0] != "default", order.index(k[1]) if k[1] in order else 99)):
-        g = grouped[(data, model)]
-        seeds_o = {s for s, _ in g["ours"]}
-        seeds_m = {s for s, _ in g["mmrec"]}
-        both = sorted(seeds_o & seeds_m)
-        if not both:
-            r_o, r_m = _mean(g["ours"], "recall", seeds_o), _mean(g["mmrec"], "recall", seeds_m)
-            print(f"| {data} | {model} | - | {r_o} | {r_m} | not paired | | | | | |")
-            continue
-
-        def m(side, key, g=g, both=both):
-            return _mean(g[side], key, set(both), raw=True)
-
-        ro, rm, no, nm = m("ours", "recall"), m("mmrec", "recall"), m("ours", "ndcg"), m("mmrec", "ndcg")
-        bo = "/".join(str(dict(g["ours"])[s]["best"]) for s in both)
-        bm = "/".join(str(dict(g["mmrec"])[s]["best"]) for s in both)
-        print(f"| {data} | {model} | {', '.join(map(str, both))} | {ro:.4f} | {rm:.4f} | {100 * (ro / rm - 1):+.1f}% | "
-              f"{no:.4f} | {nm:.4f} | {100 * (no / nm - 1):+.1f}% | {bo} / {bm} | "
-              f"{m('ours', 'sec'):.2f} / {m('mmrec', 'sec'):.2f} ({m('ours', 'cpu'):.2f} / {m('mmrec', 'cpu'):.2f}) |")
+    rows = _ours(OUT) + _mmrec(Path(args.mmrec))
+    with CSV.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{CSV}: {len(rows)} runs")
     return 0
 
 
-def _mean(rows, key, seeds, raw=False):
-    vals = [r[key] for s, r in rows if s in seeds and r.get(key) is not None]
-    if not vals:
-        return float("nan") if raw else "-"
-    v = sum(vals) / len(vals)
-    return v if raw else f"{v:.4f}"
+def _load_csv() -> list[dict]:
+    import csv
+
+    with CSV.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def table(args) -> int:
+    """Markdown: per (data, model) the seeds both sides ran, the means of each side and the relative gaps."""
+    from clear_lab.models import MODELS
+
+    grouped = defaultdict(lambda: {"clear-lab": {}, "MMRec": {}})
+    for row in _load_csv():
+        grouped[(row["data"], row["model"])][row["side"]][int(row["seed"])] = row
+    order = list(MODELS)
+    print("| data | model | seeds | cap | R@20 ours | R@20 MMRec | gap | N@20 ours | N@20 MMRec | gap "
+          "| best epoch ours / MMRec | train s/epoch ours / MMRec (CPU s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = sorted(grouped, key=lambda k: (k[0] != "default", order.index(k[1]) if k[1] in order else 99))
+    for data, model in keys:
+        ours, theirs = grouped[(data, model)]["clear-lab"], grouped[(data, model)]["MMRec"]
+        both = sorted(set(ours) & set(theirs))
+        if not both:
+            side = "ours only" if ours else "MMRec only"
+            print(f"| {data} | {model} | {', '.join(map(str, sorted(ours or theirs)))} | | | | {side} | | | | | |")
+            continue
+
+        def mean(side, key, both=both):
+            vals = [float(side[s][key]) for s in both if side[s][key] not in ("", None)]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        ro, rm, no, nm = (mean(ours, "recall@20"), mean(theirs, "recall@20"), mean(ours, "ndcg@20"),
+                          mean(theirs, "ndcg@20"))
+        caps = sorted({ours[s]["epoch_cap"] for s in both} | {theirs[s]["epoch_cap"] for s in both})
+        best = "/".join(ours[s]["best_epoch"] for s in both) + " / " + "/".join(theirs[s]["best_epoch"] for s in both)
+        secs = (f"{mean(ours, 'train_s_per_epoch'):.2f} / {mean(theirs, 'train_s_per_epoch'):.2f} "
+                f"({mean(ours, 'train_cpu_s_per_epoch'):.2f} / {mean(theirs, 'train_cpu_s_per_epoch'):.2f})")
+        print(f"| {data} | {model} | {', '.join(map(str, both))} | {', '.join(caps)} | {ro:.4f} | {rm:.4f} | "
+              f"{100 * (ro / rm - 1):+.1f}% | {no:.4f} | {nm:.4f} | {100 * (no / nm - 1):+.1f}% | {best} | {secs} |")
+    return 0
 
 
 def main() -> int:
@@ -129,12 +151,15 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=300, help="common epoch cap (default 300)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true")
-    p.add_argument("--table", action="store_true", help="print the parity table instead of training")
-    p.add_argument("--mmrec", default=None, help="folder of the MMRec runs' JSON summaries (with --table)")
+    p.add_argument("--collect", action="store_true", help="write docs/parity_runs.csv from both sides' records")
+    p.add_argument("--mmrec", default=None, help="folder of the MMRec runs' JSON summaries (with --collect)")
+    p.add_argument("--table", action="store_true", help="print the parity table from docs/parity_runs.csv")
     args = p.parse_args()
-    if args.table:
+    if args.collect:
         if not args.mmrec:
-            p.error("--table needs --mmrec")
+            p.error("--collect needs --mmrec")
+        return collect(args)
+    if args.table:
         return table(args)
     return run(args)
 
