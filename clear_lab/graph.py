@@ -6,18 +6,21 @@
   item keeps its ``k`` most similar items (itself included, as in MMRec), edges are binary and normalised with the
   *row* degrees, ``value_ij = (d_i d_j)^-1/2``. Computed in chunks of rows so the ``n x n`` similarity never exists
   at once.
+* ``lightgcn_mean`` / ``layer_sum``: LightGCN's propagation ``mean`` (or sum) of ``x, A x, ..., A^L x``, shared by
+  the backbones that propagate on the user-item graph.
 * ``degree_sensitive_keep``: FREEDOM's edge dropout, which keeps a fraction of user-item edges sampled without
   replacement with probability proportional to ``1/sqrt(d_u d_i)``.
 
 Graphs built from features follow the features: under CLEAR's input placement the kNN graph is built from the
-projected features, and the optional on-disk cache is keyed by a hash of the feature bytes (MMRec keys its cache by
-``k`` alone, so a projected run silently reuses the raw graph there).
+projected features, and the optional on-disk cache (``cached_graph``) is keyed by a hash of the feature bytes
+(MMRec keys its cache by ``k`` alone, so a projected run silently reuses the raw graph there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +98,25 @@ def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_i
     return sparse_tensor(rows, cols, np.concatenate([vals, vals]), (n, n), device)
 
 
+def layer_sum(adj: SparseOperator | torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``x + A x + ... + A^L x`` (``L = n_layers``): the sum of a LightGCN-style propagation's layers, each layer
+    ``A`` times the previous one, added in layer order. ``n_layers = 0`` gives ``x``."""
+    acc = x
+    for _ in range(n_layers):
+        x = adj @ x
+        acc = acc + x
+    return acc
+
+
+def lightgcn_mean(adj: SparseOperator | torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``mean(x, A x, ..., A^L x)``: LightGCN's layer-mean propagation, :func:`layer_sum` divided by ``L + 1``.
+
+    Used on the normalised user-item graph by LightGCN, BM3, FREEDOM, LATTICE, LGMRec, SLMRec, MGCN and SMORE
+    (``x`` the stacked ``[users ; items]`` rows, or several column blocks at once: columns propagate independently).
+    """
+    return layer_sum(adj, x, n_layers) / (n_layers + 1)
+
+
 def features_key(features: torch.Tensor | np.ndarray, *extra: object) -> str:
     """Short sha256 of a feature matrix's bytes plus any settings, for graph caches."""
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
@@ -104,19 +126,32 @@ def features_key(features: torch.Tensor | np.ndarray, *extra: object) -> str:
 
 
 def knn_indices(features: torch.Tensor, k: int, chunk_size: int = 2048) -> torch.Tensor:
-    """``(n, k)`` indices of each row's ``k`` nearest rows by cosine similarity (self included).
+    """``(n, k)`` indices of each row's ``k`` nearest rows by cosine similarity (self included): the indices of
+    :func:`knn_topk`.
 
     Zero rows have no direction: they get a similarity of 0 to everything instead of MMRec's NaN.
     """
-    n = features.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"knn_k must be in [1, n_items = {n}], got {k}")
-    x = torch.nn.functional.normalize(features.float(), dim=1)
-    out = torch.empty((n, k), dtype=torch.long, device=features.device)
-    for start in range(0, n, chunk_size):
-        sim = x[start:start + chunk_size] @ x.T  # (chunk, n)
-        out[start:start + chunk_size] = torch.topk(sim, k, dim=1).indices
-    return out
+    return knn_topk(features, k, chunk_size)[1]
+
+
+def cached_graph(build: Callable[[], torch.Tensor], cache_dir: str | Path | None, prefix: str,
+                 features: torch.Tensor, *key: object) -> torch.Tensor:
+    """``build()``, the graph that ``features`` (and the settings ``key``) give, with an optional on-disk cache.
+
+    With ``cache_dir`` None nothing is read or written. Otherwise the graph lives in
+    ``cache_dir/<prefix>_<features_key(features, *key)>.pt``: loaded onto ``features.device`` when that file exists,
+    else built and saved there (on the CPU).
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{prefix}_{features_key(features, *key)}.pt"
+        if path.is_file():
+            return torch.load(path, map_location=features.device)
+    graph = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(graph.cpu(), path)
+    return graph
 
 
 def knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | None = None) -> torch.Tensor:
@@ -126,24 +161,19 @@ def knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | None = Non
     """
     n = features.shape[0]
     device = features.device
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"knn_{features_key(features, k)}.pt"
-        if path.is_file():
-            return torch.load(path, map_location=device)
-    nbr = knn_indices(features, k)
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    cols = nbr.reshape(-1)
-    # degree = number of stored entries in each row (k for every row, but computed for clarity and safety)
-    deg = torch.bincount(rows, minlength=n).float() + 1e-7
-    inv = deg.pow(-0.5)
-    vals = inv[rows] * inv[cols]
-    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), device=device,
-                                    check_invariants=False).coalesce()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(graph.cpu(), path)
-    return graph
+
+    def build() -> torch.Tensor:
+        nbr = knn_indices(features, k)
+        rows = torch.arange(n, device=device).repeat_interleave(k)
+        cols = nbr.reshape(-1)
+        # degree = number of stored entries in each row (k for every row, but computed for clarity and safety)
+        deg = torch.bincount(rows, minlength=n).float() + 1e-7
+        inv = deg.pow(-0.5)
+        vals = inv[rows] * inv[cols]
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), device=device,
+                                       check_invariants=False).coalesce()
+
+    return cached_graph(build, cache_dir, "knn", features, k)
 
 
 def degree_sensitive_keep(weights: np.ndarray, n_keep: int, rng: np.random.Generator) -> np.ndarray:
@@ -185,23 +215,18 @@ def weighted_knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | N
     """
     n = features.shape[0]
     device = features.device
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"wknn_{features_key(features, k, 'weighted')}.pt"
-        if path.is_file():
-            return torch.load(path, map_location=device)
-    vals, nbr = knn_topk(features, k)
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    cols = nbr.reshape(-1)
-    w = vals.reshape(-1)
-    deg = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, rows, w)
-    inv = torch.where(deg > 0, deg.clamp_min(1e-30).pow(-0.5), torch.zeros_like(deg))
-    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), inv[rows] * w * inv[cols], (n, n), device=device,
-                                    check_invariants=False).coalesce()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(graph.cpu(), path)
-    return graph
+
+    def build() -> torch.Tensor:
+        vals, nbr = knn_topk(features, k)
+        rows = torch.arange(n, device=device).repeat_interleave(k)
+        cols = nbr.reshape(-1)
+        w = vals.reshape(-1)
+        deg = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, rows, w)
+        inv = torch.where(deg > 0, deg.clamp_min(1e-30).pow(-0.5), torch.zeros_like(deg))
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), inv[rows] * w * inv[cols], (n, n), device=device,
+                                       check_invariants=False).coalesce()
+
+    return cached_graph(build, cache_dir, "wknn", features, k, "weighted")
 
 
 def normalized_interactions(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,

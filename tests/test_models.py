@@ -9,6 +9,7 @@ import torch
 from clear_lab.graph import degree_sensitive_keep, knn_graph, normalized_adjacency
 from clear_lab.models import MODELS, get_model
 from clear_lab.projection import CLEARProjector, LatentCLEAR
+from tests.modelutil import build, eval_scores, train_epochs
 
 
 def test_normalized_adjacency_matches_dense_formula():
@@ -52,32 +53,10 @@ def test_degree_sensitive_keep_is_weighted_without_replacement():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_scores_all_items_and_learns(name, tiny_data):
-    from clear_lab.data import BPRSampler
-
-    cls = get_model(name)
-    torch.manual_seed(0)
-    model = cls(tiny_data, {})
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sampler = BPRSampler(tiny_data.train, tiny_data.n_users, tiny_data.n_items, 256, seed=0)
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(5):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        losses.append(total)
+    model = build(name, tiny_data)
+    losses = train_epochs(model, tiny_data, epochs=5)
     assert losses[-1] < losses[0]
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        s = model.scores(torch.arange(7))
-        model.end_eval()
+    s = eval_scores(model, torch.arange(7))
     assert s.shape == (7, tiny_data.n_items) and torch.isfinite(s).all()
 
 

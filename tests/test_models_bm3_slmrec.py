@@ -8,49 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clear_lab.data import BPRSampler
 from clear_lab.models import get_model
 from clear_lab.models.base import IdentityHook
 from clear_lab.projection import LatentCLEAR
+from tests.modelutil import Spy, build, eval_scores, train_epochs
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def build(name, data, params=None, seed=0):
-    torch.manual_seed(seed)
-    return get_model(name)(data, params or {})
-
-
-def train_epochs(model, data, epochs=4, lr=1e-2, batch_size=256, seed=0):
-    """Seeded short training; returns the summed loss per epoch."""
-    torch.manual_seed(seed)  # BM3's target dropout draws from torch's generator
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = BPRSampler(data.train, data.n_users, data.n_items, batch_size, seed=seed)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        losses.append(total)
-    return losses
-
-
-def eval_scores(model, users):
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        try:
-            return model.scores(users)
-        finally:
-            model.end_eval()
-
-
 def dense_adjacency(data):
     """D^-1/2 A D^-1/2 of the bipartite training graph, written out densely."""
     n = data.n_users + data.n_items
@@ -78,16 +42,6 @@ def with_modalities(data, names):
     return data.with_features({m: feats[m] for m in names})
 
 
-class Spy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def forward(self, a, b):
-        self.calls.append((tuple(a.shape), tuple(b.shape)))
-        return a, b
-
-
 BATCH = (torch.tensor([0, 1, 2, 3, 5, 8]), torch.tensor([4, 0, 7, 11, 2, 30]), torch.tensor([1, 1, 1, 1, 1, 1]))
 
 
@@ -97,7 +51,7 @@ def test_trains_scores_and_is_reproducible(name, tiny_data):
     runs = []
     for _ in range(2):
         model = build(name, tiny_data)
-        losses = train_epochs(model, tiny_data)
+        losses = train_epochs(model, tiny_data, seed_torch=True)
         assert losses[-1] < losses[0]
         s = eval_scores(model, torch.arange(9))
         assert s.shape == (9, tiny_data.n_items)
@@ -240,7 +194,7 @@ def test_bm3_modality_counts(tiny_data, names):
     assert spy.calls == []  # the hook is for exactly two modalities
     model.modality_hook = IdentityHook()
     model.params["dropout"] = 0.3
-    losses = train_epochs(model, data, epochs=3)
+    losses = train_epochs(model, data, epochs=3, seed_torch=True)
     assert losses[-1] < losses[0]
 
 
@@ -365,5 +319,5 @@ def test_slmrec_modality_counts(tiny_data, names, slots):
     model.loss(*BATCH)
     assert spy.calls == []  # the hook is for exactly two modalities
     model.modality_hook = IdentityHook()
-    losses = train_epochs(model, data, epochs=3)
+    losses = train_epochs(model, data, epochs=3, seed_torch=True)
     assert losses[-1] < losses[0]

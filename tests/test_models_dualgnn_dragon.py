@@ -24,6 +24,7 @@ from clear_lab.user_graph import (
     sample_neighbours,
     save_mmrec_user_graph,
 )
+from tests.modelutil import build, eval_scores, train_epochs
 
 MODELS = [DualGNN, DRAGON]
 
@@ -199,8 +200,7 @@ def mmrec_forward(model, data, index, weights):
 
 @pytest.mark.parametrize("cls", MODELS)
 def test_forward_and_loss_match_mmrec(cls, tiny_data):
-    torch.manual_seed(0)
-    model = cls(tiny_data, {})
+    model = build(cls, tiny_data)
     model.pre_epoch(np.random.default_rng(3))
     index, weights = sample_neighbours(model.user_graph, 40, np.random.default_rng(3))
     with torch.no_grad():
@@ -222,8 +222,7 @@ def test_forward_and_loss_match_mmrec(cls, tiny_data):
 
 
 def test_dualgnn_paper_fusion_is_the_weighted_sum(tiny_data):
-    torch.manual_seed(0)
-    model = DualGNN(tiny_data, {"user_fusion": "paper"})
+    model = build(DualGNN, tiny_data, {"user_fusion": "paper"})
     with torch.no_grad():
         reps = model.modality_reps()
         users, items = model.fuse(reps)
@@ -235,8 +234,7 @@ def test_dualgnn_paper_fusion_is_the_weighted_sum(tiny_data):
 
 
 def test_initial_user_weights_are_a_softmax(tiny_data):
-    torch.manual_seed(0)
-    model = DualGNN(tiny_data, {})
+    model = build(DualGNN, tiny_data)
     for w in (model.weight_u, model.weight_i):
         assert w.shape[1:] == (2, 1)
         torch.testing.assert_close(w.sum(1), torch.ones(w.shape[0], 1))
@@ -246,41 +244,12 @@ def test_initial_user_weights_are_a_softmax(tiny_data):
 
 
 # -- training, seeding, evaluation ------------------------------------------------------------------------------
-def train(model, data, epochs=4, lr=1e-2, seed=0):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = BPRSampler(data.train, data.n_users, data.n_items, 256, seed=seed)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        losses.append(total)
-    return losses
-
-
-def eval_scores(model, users):
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        s = model.scores(users)
-        model.end_eval()
-    return s
-
-
 @pytest.mark.parametrize("cls", MODELS)
 def test_training_learns_and_is_seeded(cls, tiny_data):
     runs = []
     for _ in range(2):
-        torch.manual_seed(0)
-        model = cls(tiny_data, {})
-        losses = train(model, tiny_data)
+        model = build(cls, tiny_data)
+        losses = train_epochs(model, tiny_data)
         assert losses[-1] < losses[0]
         s = eval_scores(model, torch.arange(13))
         assert s.shape == (13, tiny_data.n_items) and torch.isfinite(s).all()
@@ -290,8 +259,7 @@ def test_training_learns_and_is_seeded(cls, tiny_data):
 
 @pytest.mark.parametrize("cls", MODELS)
 def test_evaluation_is_a_fresh_forward_pass(cls, tiny_data):
-    torch.manual_seed(0)
-    model = cls(tiny_data, {})
+    model = build(cls, tiny_data)
     model.pre_epoch(np.random.default_rng(7))
     users = torch.arange(20)
     before = eval_scores(model, users)
@@ -318,8 +286,7 @@ def test_evaluation_is_a_fresh_forward_pass(cls, tiny_data):
 
 # -- CLEAR's placements --------------------------------------------------------------------------------------
 def test_dragon_item_graph_follows_features(tiny_data):
-    torch.manual_seed(0)
-    base = DRAGON(tiny_data, {})
+    base = build(DRAGON, tiny_data)
     img, txt = (tiny_data.features[m] for m in tiny_data.modalities)
     expected = 0.1 * dense_knn(torch.as_tensor(img), 10) + 0.9 * dense_knn(torch.as_tensor(txt), 10)
     torch.testing.assert_close(base.mm_adj.to_dense(), expected, rtol=1e-5, atol=1e-6)
@@ -349,8 +316,7 @@ class Spy(nn.Module):
 @pytest.mark.parametrize("cls", MODELS)
 def test_latent_hook_sees_encoder_outputs(cls, tiny_data):
     cls.check_latent({})  # the encoders always reach the ranking: nothing to refuse
-    torch.manual_seed(0)
-    model = cls(tiny_data, {})
+    model = build(cls, tiny_data)
     spy = Spy()
     model.modality_hook = spy
     enc = model.encoded_modalities()
@@ -372,9 +338,8 @@ def test_one_and_three_modalities(cls, n_mod, tiny_data):
     feats["audio"] = np.random.default_rng(0).standard_normal((tiny_data.n_items, 16)).astype(np.float32)
     names = ["image"] if n_mod == 1 else ["image", "text", "audio"]
     data = tiny_data.with_features({m: feats[m] for m in names})
-    torch.manual_seed(0)
-    model = cls(data, {})
-    losses = train(model, data, epochs=3)
+    model = build(cls, data)
+    losses = train_epochs(model, data, epochs=3)
     assert losses[-1] < losses[0]
     users, items = model.propagate()
     width = 64 if cls is DualGNN else 64 * n_mod

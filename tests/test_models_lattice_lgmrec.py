@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.data import BPRSampler
 from clear_lab.models.lattice import (
     LATTICE,
     DenseGraphMemoryError,
@@ -18,6 +17,7 @@ from clear_lab.models.lattice import (
     weighted_knn_graph,
 )
 from clear_lab.models.lgmrec import TAU, LGMRec, info_nce_sum
+from tests.modelutil import build, eval_scores, train_epochs
 
 MODELS = (LATTICE, LGMRec)
 
@@ -41,40 +41,6 @@ class ZeroSecond(nn.Module):
         return z_a, torch.zeros_like(z_b)
 
 
-def build(cls, data, seed=0, **params):
-    torch.manual_seed(seed)
-    return cls(data, params)
-
-
-def train_epochs(model, data, epochs=3, lr=1e-2, batch_size=256, seed=0):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = BPRSampler(data.train, data.n_users, data.n_items, batch_size, seed=seed)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        losses.append(total)
-    return losses
-
-
-def eval_scores(model, users=None):
-    users = torch.arange(model.n_users) if users is None else users
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        s = model.scores(users)
-        model.end_eval()
-    return s
-
-
 def one_step(model, data, lr=1e-2):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     u, p = torch.as_tensor(data.train[:128, 0]), torch.as_tensor(data.train[:128, 1])
@@ -95,12 +61,12 @@ def extra_modality(data, name="audio", dim=16, seed=3):
 @pytest.mark.parametrize("cls", MODELS)
 def test_short_training_learns_and_is_reproducible(cls, tiny_data):
     a = build(cls, tiny_data)
-    losses = train_epochs(a, tiny_data)
+    losses = train_epochs(a, tiny_data, epochs=3, set_to_none=True)
     assert losses[-1] < losses[0]
     s = eval_scores(a, torch.arange(17))
     assert s.shape == (17, tiny_data.n_items) and torch.isfinite(s).all()
     b = build(cls, tiny_data)
-    train_epochs(b, tiny_data)
+    train_epochs(b, tiny_data, epochs=3, set_to_none=True)
     assert torch.equal(s, eval_scores(b, torch.arange(17)))
 
 
@@ -158,7 +124,7 @@ def test_one_and_three_modalities(cls, tiny_data):
     three = tiny_data.with_features({**tiny_data.features, "audio": extra_modality(tiny_data)})
     for data in (one, three):
         model = build(cls, data)
-        losses = train_epochs(model, data, epochs=2)
+        losses = train_epochs(model, data, epochs=2, set_to_none=True)
         assert all(np.isfinite(losses))
         s = eval_scores(model, torch.arange(4))
         assert s.shape == (4, data.n_items) and torch.isfinite(s).all()
@@ -355,7 +321,7 @@ def test_lgmrec_forward_matches_mmrec_dense_math(tiny_data):
 
 
 def test_lgmrec_training_noise_is_seeded_and_eval_is_its_noise_free_version(tiny_data):
-    model = build(LGMRec, tiny_data, keep_rate=1.0)
+    model = build(LGMRec, tiny_data, {"keep_rate": 1.0})
     logits = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
     model.pre_epoch(np.random.default_rng(7))
     y1 = model._memberships(logits, stochastic=True)
@@ -365,7 +331,7 @@ def test_lgmrec_training_noise_is_seeded_and_eval_is_its_noise_free_version(tiny
     det = model._memberships(logits, stochastic=False)
     torch.testing.assert_close(det, torch.softmax(logits, 1))
     assert not torch.allclose(y1, det)
-    sharp = build(LGMRec, tiny_data, eval_membership="noise_free")._memberships(logits, stochastic=False)
+    sharp = build(LGMRec, tiny_data, {"eval_membership": "noise_free"})._memberships(logits, stochastic=False)
     torch.testing.assert_close(sharp, torch.softmax(logits / TAU, 1))
     with pytest.raises(ValueError, match="eval_membership"):
         LGMRec(tiny_data, {"eval_membership": "argmax"})
@@ -374,7 +340,7 @@ def test_lgmrec_training_noise_is_seeded_and_eval_is_its_noise_free_version(tiny
 def test_lgmrec_eval_memberships_are_the_mean_of_training_ones(tiny_data):
     # the default evaluation membership softmax(logits) is (close to) the expectation of the gumbel sample at
     # tau = 0.2; the noise-free softmax(logits / tau) is much sharper than that expectation
-    model = build(LGMRec, tiny_data, keep_rate=1.0)
+    model = build(LGMRec, tiny_data, {"keep_rate": 1.0})
     model.pre_epoch(np.random.default_rng(0))
     logits = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
     mean = torch.stack([model._memberships(logits, stochastic=True) for _ in range(1000)]).mean(0)
@@ -382,7 +348,7 @@ def test_lgmrec_eval_memberships_are_the_mean_of_training_ones(tiny_data):
     gap_sharp = (mean - torch.softmax(logits / TAU, 1)).abs().sum(1).mean()
     assert gap_mean < 0.1 < 0.2 < gap_sharp
     # dropout: entries are zeroed with probability 1 - keep_rate and the rest scaled by 1 / keep_rate
-    drop = build(LGMRec, tiny_data, keep_rate=0.5)
+    drop = build(LGMRec, tiny_data, {"keep_rate": 0.5})
     drop.pre_epoch(np.random.default_rng(1))
     y = drop._memberships(torch.zeros(4000, 4), stochastic=True)
     assert abs(float((y == 0).float().mean()) - 0.5) < 0.03

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from clear_lab.data import BPRSampler
 from clear_lab.graph import (
     knn_graph,
     max_fusion_graph,
@@ -19,42 +18,9 @@ from clear_lab.graph import (
 from clear_lab.models import get_model
 from clear_lab.models.mgcn import info_nce, squared_reg
 from clear_lab.projection import CLEARProjector, LatentCLEAR
+from tests.modelutil import build, eval_scores, train_epochs
 
 NAMES = ["mgcn", "smore"]
-
-
-def build(name, data, params=None, seed=0, **kw):
-    torch.manual_seed(seed)
-    return get_model(name)(data, params or {}, **kw)
-
-
-def eval_scores(model, users=None):
-    users = torch.arange(model.n_users) if users is None else users
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        s = model.scores(users)
-        model.end_eval()
-    return s
-
-
-def train_epochs(model, data, epochs=3, lr=1e-2, batch=256):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = BPRSampler(data.train, data.n_users, data.n_items, batch, seed=0)
-    rng = np.random.default_rng(0)
-    totals = []
-    for _ in range(epochs):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        totals.append(total)
-    return totals
 
 
 # -- graphs ----------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clear_lab.data import BPRSampler
 from clear_lab.message_passing import (
     bipartite_edges,
     both_directions,
@@ -25,6 +24,7 @@ from clear_lab.models import get_model
 from clear_lab.models.grcn import GRCN
 from clear_lab.models.mmgcn import MMGCN
 from clear_lab.projection import LatentCLEAR
+from tests.modelutil import Spy, build, eval_scores, train_epochs
 
 LATENT_MMGCN = {"dim_latent_others": 256}
 
@@ -46,49 +46,6 @@ def batch(data, n=64, seed=0):
     rows = data.train[rng.choice(len(data.train), n, replace=False)]
     return (torch.as_tensor(rows[:, 0]), torch.as_tensor(rows[:, 1]),
             torch.as_tensor(rng.integers(0, data.n_items, n)))
-
-
-def short_training(model, data, epochs=4, lr=1e-2):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = BPRSampler(data.train, data.n_users, data.n_items, 256, seed=0)
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        model.pre_epoch(rng)
-        total = 0.0
-        for u, p, n in sampler.epoch():
-            loss = model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        losses.append(total)
-    return losses
-
-
-def eval_scores(model, users):
-    model.eval()
-    with torch.no_grad():
-        model.begin_eval()
-        s = model.scores(users)
-        model.end_eval()
-    return s
-
-
-def build(cls, data, params=None, seed=0):
-    torch.manual_seed(seed)
-    return cls(data, params or {})
-
-
-class Spy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def forward(self, a, b):
-        self.calls.append((tuple(a.shape), tuple(b.shape)))
-        return a, b
 
 
 # -- message passing by hand -------------------------------------------------------------------------------------
@@ -189,7 +146,7 @@ def test_mmgcn_loss_equals_mmrec_formula(tiny_data):
 def test_mmgcn_trains_and_is_reproducible(tiny_data):
     model = build(MMGCN, tiny_data)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    losses = short_training(model, tiny_data)
+    losses = train_epochs(model, tiny_data)
     assert losses[-1] < losses[0]
     # MMRec's bug fixed: the ID embedding and the preferences are trained
     for key in ("id_embedding", "branches.0.preference", "branches.1.preference"):
@@ -197,7 +154,7 @@ def test_mmgcn_trains_and_is_reproducible(tiny_data):
     s = eval_scores(model, torch.arange(9))
     assert s.shape == (9, tiny_data.n_items) and torch.isfinite(s).all()
     twin = build(MMGCN, tiny_data)
-    short_training(twin, tiny_data)
+    train_epochs(twin, tiny_data)
     assert torch.equal(s, eval_scores(twin, torch.arange(9)))
 
 
@@ -297,12 +254,12 @@ def test_grcn_loss_equals_mmrec_formula(tiny_data):
 
 def test_grcn_trains_and_is_reproducible(tiny_data):
     model = build(GRCN, tiny_data)
-    losses = short_training(model, tiny_data)
+    losses = train_epochs(model, tiny_data)
     assert losses[-1] < losses[0]
     s = eval_scores(model, torch.arange(9))
     assert s.shape == (9, tiny_data.n_items) and torch.isfinite(s).all()
     twin = build(GRCN, tiny_data)
-    short_training(twin, tiny_data)
+    train_epochs(twin, tiny_data)
     assert torch.equal(s, eval_scores(twin, torch.arange(9)))
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, normalized_adjacency
+from clear_lab.graph import SparseOperator, lightgcn_mean, normalized_adjacency
 from clear_lab.models.base import Recommender, emb_loss
 
 
@@ -108,12 +108,7 @@ class BM3(Recommender):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online ID embeddings ``(u (n_users, d), i (n_items, d))`` before the predictor."""
         h = self.item_id_embedding.weight
-        x = torch.cat([self.user_embedding.weight, h])
-        acc = x
-        for _ in range(self.params["n_layers"]):
-            x = self.norm_adj @ x
-            acc = acc + x
-        out = acc / (self.params["n_layers"] + 1)
+        out = lightgcn_mean(self.norm_adj, torch.cat([self.user_embedding.weight, h]), self.params["n_layers"])
         return out[: self.n_users], out[self.n_users:] + h
 
     def encoded_modalities(self) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, sparse_tensor
+from clear_lab.graph import SparseOperator, layer_sum, sparse_tensor
 from clear_lab.models.base import Recommender, bpr_loss
 from clear_lab.user_graph import co_interaction_graph, neighbour_operator, sample_neighbours
 
@@ -128,11 +128,7 @@ class DualGraphRecommender(Recommender):
         if len(z) == 2:
             z = list(self.modality_hook(z[0], z[1]))
         x = torch.cat([F.normalize(torch.cat([pref, zm]), dim=1) for pref, zm in zip(self.preferences, z)], dim=1)
-        acc = h = x
-        for _ in range(self.params["n_layers"]):
-            h = self.adj @ h
-            acc = acc + h
-        return list(acc.split(self.dim, dim=1))
+        return list(layer_sum(self.adj, x, self.params["n_layers"]).split(self.dim, dim=1))
 
     def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(users before the user graph, items)`` from the per-modality representations."""

@@ -28,6 +28,7 @@ from clear_lab.graph import (
     SparseOperator,
     degree_sensitive_keep,
     knn_graph,
+    lightgcn_mean,
     normalized_adjacency,
     sparse_tensor,
     sym_norm_values,
@@ -112,11 +113,7 @@ class FREEDOM(Recommender):
         for _ in range(self.params["n_mm_layers"]):
             h = self.mm_adj @ h
         x = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
-        acc = x
-        for _ in range(self.params["n_ui_layers"]):
-            x = adj @ x
-            acc = acc + x
-        out = acc / (self.params["n_ui_layers"] + 1)
+        out = lightgcn_mean(adj, x, self.params["n_ui_layers"])
         return out[: self.n_users], out[self.n_users:] + h
 
     def encoded_modalities(self) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, features_key, sparse_tensor
+from clear_lab.graph import SparseOperator, cached_graph, knn_topk, lightgcn_mean, sparse_tensor
 from clear_lab.models.base import Recommender, bpr_loss
 
 # Dense I x I float32 matrices alive at once at the worst moment, the backward pass of the first batch of an epoch:
@@ -123,26 +123,16 @@ def weighted_knn_graph(features: torch.Tensor, k: int, cache_dir: str | Path | N
     if not 1 <= k <= n:
         raise ValueError(f"knn_k must be in [1, n_items = {n}], got {k}")
     device = features.device
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"lattice_knn_{features_key(features, k)}.pt"
-        if path.is_file():
-            return torch.load(path, map_location=device)
-    x = F.normalize(features.detach().float(), dim=1)
-    vals = torch.empty((n, k), device=device)
-    cols = torch.empty((n, k), dtype=torch.long, device=device)
-    for start in range(0, n, chunk_size):
-        vals[start:start + chunk_size], cols[start:start + chunk_size] = torch.topk(
-            x[start:start + chunk_size] @ x.T, k, dim=1)
-    inv = _inv_sqrt(vals.sum(1))
-    values = (vals * inv[:, None] * inv[cols]).reshape(-1)
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    graph = torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), values, (n, n), device=device,
-                                    check_invariants=False).coalesce()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(graph.cpu(), path)
-    return graph
+
+    def build() -> torch.Tensor:
+        vals, cols = knn_topk(features.detach(), k, chunk_size)
+        inv = _inv_sqrt(vals.sum(1))
+        values = (vals * inv[:, None] * inv[cols]).reshape(-1)
+        rows = torch.arange(n, device=device).repeat_interleave(k)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), values, (n, n), device=device,
+                                       check_invariants=False).coalesce()
+
+    return cached_graph(build, cache_dir, "lattice_knn", features, k)
 
 
 def learned_knn_graph(encoded: list[torch.Tensor], weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,12 +262,8 @@ class LATTICE(Recommender):
             learned = d[:, None] * (adj @ (d[:, None] * h))
             original = sum(w[m] * (g @ h) for m, g in enumerate(self.original_adj))
             h = (1 - lam) * learned + lam * original
-        x = torch.cat([self.user_embedding, self.item_id_embedding])
-        acc = x
-        for _ in range(self.params["n_ui_layers"]):
-            x = self.norm_adj @ x
-            acc = acc + x
-        out = acc / (self.params["n_ui_layers"] + 1)
+        out = lightgcn_mean(self.norm_adj, torch.cat([self.user_embedding, self.item_id_embedding]),
+                            self.params["n_ui_layers"])
         return out[: self.n_users], out[self.n_users:] + F.normalize(h, dim=1)
 
     def _fresh(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, normalized_adjacency, sparse_tensor
+from clear_lab.graph import SparseOperator, lightgcn_mean, normalized_adjacency, sparse_tensor
 from clear_lab.models.base import Recommender, bpr_loss, emb_loss
 
 TAU = 0.2  # gumbel temperature and contrastive temperature, hard-coded in MMRec
@@ -158,12 +158,7 @@ class LGMRec(Recommender):
     def propagate(self, stochastic: bool) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """``(users (U x d), items (I x d), [(u_m, g_m) hyperedge embeddings per modality])``."""
         p = self.params
-        x = torch.cat([self.user_embedding, self.item_id_embedding])
-        acc = x
-        for _ in range(p["n_ui_layers"]):
-            x = self.norm_adj @ x
-            acc = acc + x
-        cge = acc / (p["n_ui_layers"] + 1)
+        cge = lightgcn_mean(self.norm_adj, torch.cat([self.user_embedding, self.item_id_embedding]), p["n_ui_layers"])
         cge_items = cge[self.n_users:]
 
         z = list(self.encoded_modalities().values())

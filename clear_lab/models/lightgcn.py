@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clear_lab.graph import SparseOperator, normalized_adjacency
+from clear_lab.graph import SparseOperator, lightgcn_mean, normalized_adjacency
 from clear_lab.models.base import Recommender, bpr_loss, emb_loss
 
 
@@ -34,12 +34,7 @@ class LightGCN(Recommender):
         self.to(self.device)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([self.user_emb, self.item_emb])
-        acc = x
-        for _ in range(self.params["n_layers"]):
-            x = self.adj @ x
-            acc = acc + x
-        out = acc / (self.params["n_layers"] + 1)
+        out = lightgcn_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.params["n_layers"])
         return out[: self.n_users], out[self.n_users:]
 
     def loss(self, users, pos, neg):

@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, normalized_adjacency, normalized_interactions, weighted_knn_graph
+from clear_lab.graph import (
+    SparseOperator,
+    lightgcn_mean,
+    normalized_adjacency,
+    normalized_interactions,
+    weighted_knn_graph,
+)
 from clear_lab.models.base import Recommender, bpr_loss
 
 CL_TEMPERATURE = 0.2  # hard-coded in MMRec's MGCN and SMORE (SMORE's yaml ``temperature`` key is unused)
@@ -54,15 +60,6 @@ def squared_reg(*rows: torch.Tensor) -> torch.Tensor:
     return sum(0.5 * r.pow(2).sum() for r in rows) / rows[0].shape[0]
 
 
-def lightgcn_mean(adj: SparseOperator, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """``mean(x, A x, ..., A^L x)``: the user-item (behavioural) view of MGCN and SMORE."""
-    acc = x
-    for _ in range(n_layers):
-        x = adj @ x
-        acc = acc + x
-    return acc / (n_layers + 1)
-
-
 class ItemGraphViewsModel(Recommender):
     """What MGCN and SMORE share: the user-item graph, ``R_hat``, the BPR + reg + InfoNCE loss and evaluation.
 
@@ -70,6 +67,19 @@ class ItemGraphViewsModel(Recommender):
     """
 
     def _init_common(self, data) -> None:
+        """Check the layer counts, create the ID embeddings and build the user-item graphs.
+
+        The embeddings are the first parameters drawn (xavier-uniform, users then items), in MMRec's creation order,
+        so one seed gives MMRec's initial values; subclasses call this before creating any other parameter.
+        """
+        p = self.params
+        for key in ("n_ui_layers", "n_layers"):
+            if p[key] < 0:
+                raise ValueError(f"{self.name.upper()} {key} must be >= 0, got {p[key]}")
+        self.user_embedding = nn.Embedding(self.n_users, p["embedding_size"])
+        self.item_id_embedding = nn.Embedding(self.n_items, p["embedding_size"])
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
         u, i = data.train[:, 0], data.train[:, 1]
         self.norm_adj = SparseOperator(normalized_adjacency(u, i, self.n_users, self.n_items, self.device))
         self.r_hat = SparseOperator(normalized_interactions(u, i, self.n_users, self.n_items, self.device))
@@ -143,15 +153,7 @@ class MGCN(ItemGraphViewsModel):
         super().__init__(data, params, device, cache_dir)
         p = self.params
         d = p["embedding_size"]
-        for key in ("n_ui_layers", "n_layers"):
-            if p[key] < 0:
-                raise ValueError(f"MGCN {key} must be >= 0, got {p[key]}")
-        # creation order follows MMRec's so that one seed draws the same initial values
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_id_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        self._init_common(data)
+        self._init_common(data)  # the ID embeddings first: creation order follows MMRec's
 
         self.modality_names = list(data.modalities)
         self.feat_embeddings = nn.ModuleList()

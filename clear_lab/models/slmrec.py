@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clear_lab.graph import SparseOperator, normalized_adjacency
+from clear_lab.graph import SparseOperator, lightgcn_mean, normalized_adjacency
 from clear_lab.models.base import Recommender
 
 
@@ -145,11 +145,7 @@ class SLMRec(Recommender):
         e_u = self.embedding_user.weight
         # all branches at once: propagation acts on columns independently, so column blocks are the branches
         x = torch.cat([torch.cat([e_u, item]) for item in [self.embedding_item.weight, *v]], dim=1)
-        acc = x
-        for _ in range(n_layers):
-            x = self.norm_adj @ x
-            acc = acc + x
-        out = acc / (n_layers + 1)
+        out = lightgcn_mean(self.norm_adj, x, n_layers)
         g_u, g_i = out[: self.n_users], out[self.n_users:]
         branches_i = list(torch.split(g_i, d, dim=1))
         return self.user_fusion(g_u), self.item_fusion(g_i), branches_i

@@ -84,17 +84,9 @@ class SMORE(ItemGraphViewsModel):
                              f"{len(data.modalities)}: {data.modalities}; pick two")
         if not 0 <= p["dropout_rate"] < 1:
             raise ValueError(f"SMORE dropout_rate must be in [0, 1), got {p['dropout_rate']}")
-        for key in ("n_ui_layers", "n_layers"):
-            if p[key] < 0:
-                raise ValueError(f"SMORE {key} must be >= 0, got {p[key]}")
         d = p["embedding_size"]
         self.dropout = nn.Dropout(p["dropout_rate"])
-        # creation order follows MMRec's so that one seed draws the same initial values
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_id_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        self._init_common(data)
+        self._init_common(data)  # the ID embeddings first: creation order follows MMRec's
 
         self.modality_names = list(data.modalities)
         feats = [torch.as_tensor(data.features[m], dtype=torch.float32, device=self.device)
