@@ -4,7 +4,7 @@ time, and keep each result record.
     python benchmarks/parity.py --dataset default --models bpr lightgcn vbpr freedom bm3 --seeds 999 1 2
     python benchmarks/parity.py --dataset tiktok --models bpr lightgcn vbpr freedom bm3 lgmrec slmrec mgcn
     python benchmarks/parity.py --collect --mmrec /path/to/mmrec/results  # both sides -> docs/parity_runs.csv
-    python benchmarks/parity.py --table                                   # the markdown table of docs/parity.md
+    python benchmarks/parity.py --table [--write docs/parity.md]          # the markdown table of docs/parity.md
 
 Every run uses MMRec's protocol with a common cap of ``--epochs`` (300: the MMRec runs it is compared with use the
 same cap), one torch thread, CPU. A record is written to ``runs/parity/<dataset>_<model>_s<seed>.json`` and a run
@@ -109,6 +109,29 @@ def _load_csv() -> list[dict]:
 
 
 def table(args) -> int:
+    """Print the table, or with ``--write FILE`` put it between the ``<!-- parity-table -->`` markers of FILE."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _print_table()
+    text = buf.getvalue()
+    if not args.write:
+        print(text, end="")
+        return 0
+    path = Path(args.write)
+    doc = path.read_text()
+    start, end = "<!-- parity-table:start -->\n", "<!-- parity-table:end -->"
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {start.strip()} ... {end} markers to write the table between")
+    head, rest = doc.split(start, 1)
+    path.write_text(head + start + text + rest[rest.index(end):])
+    print(f"{path}: table of {text.count(chr(10)) - 2} rows written")
+    return 0
+
+
+def _print_table() -> None:
     """Markdown: per (data, model) the seeds both sides ran, the means of each side and the relative gaps."""
     from clear_lab.models import MODELS
 
@@ -140,7 +163,6 @@ def table(args) -> int:
                 f"({mean(ours, 'train_cpu_s_per_epoch'):.2f} / {mean(theirs, 'train_cpu_s_per_epoch'):.2f})")
         print(f"| {data} | {model} | {', '.join(map(str, both))} | {', '.join(caps)} | {ro:.4f} | {rm:.4f} | "
               f"{100 * (ro / rm - 1):+.1f}% | {no:.4f} | {nm:.4f} | {100 * (no / nm - 1):+.1f}% | {best} | {secs} |")
-    return 0
 
 
 def main() -> int:
@@ -154,6 +176,7 @@ def main() -> int:
     p.add_argument("--collect", action="store_true", help="write docs/parity_runs.csv from both sides' records")
     p.add_argument("--mmrec", default=None, help="folder of the MMRec runs' JSON summaries (with --collect)")
     p.add_argument("--table", action="store_true", help="print the parity table from docs/parity_runs.csv")
+    p.add_argument("--write", default=None, help="with --table: write it between the markers of this file")
     args = p.parse_args()
     if args.collect:
         if not args.mmrec:
