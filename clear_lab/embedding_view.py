@@ -204,18 +204,26 @@ def item_embeddings(model: torch.nn.Module) -> np.ndarray:
     return items.detach().cpu().numpy().astype(np.float32)
 
 
-def _items_from_eval_cache(model) -> torch.Tensor:
-    """Other backbones cache ``(user_vectors, item_vectors)`` in ``begin_eval`` when they score by a dot product."""
+def eval_vectors(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(user_vectors (n_users, d), item_vectors (n_items, d))`` with ``scores(u) = user_vectors[u] @ items.T``,
+    read from what the model computes in ``begin_eval``: a ``(users, items)`` pair, or one ``(n_users + n_items, d)``
+    matrix with users first (MMGCN, GRCN). Raises ValueError for a model that scores otherwise."""
     model.begin_eval()
     try:
         cache = getattr(model, "_cache", None)
-        if (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[1], torch.Tensor)
-                and cache[1].shape[0] == model.n_items):
-            return cache[1]
+        if (isinstance(cache, tuple) and len(cache) == 2 and all(isinstance(c, torch.Tensor) for c in cache)
+                and cache[0].shape[0] == model.n_users and cache[1].shape[0] == model.n_items):
+            return cache[0], cache[1]
+        if isinstance(cache, torch.Tensor) and cache.shape[0] == model.n_users + model.n_items:
+            return cache[: model.n_users], cache[model.n_users:]
     finally:
         model.end_eval()
     raise ValueError(f"item_embeddings: model {getattr(model, 'name', model)!r} does not score with one vector per "
-                     "item (its evaluation cache is not (users, items))")
+                     "user and item (its evaluation cache is neither (users, items) nor users and items stacked)")
+
+
+def _items_from_eval_cache(model) -> torch.Tensor:
+    return eval_vectors(model)[1]
 
 
 def trained_item_embeddings(data, config, cache_dir: str | Path = "runs/cache", force: bool = False):

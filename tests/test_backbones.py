@@ -152,3 +152,21 @@ def test_readme_table_has_every_backbone_and_its_true_placements():
         cls = get_model(name)
         for placement, cell in (("input", cells[4]), ("latent", cells[5])):
             assert (cell == "yes") == (cls.refusal(placement) is None), (name, placement, cell)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("bpr", "lightgcn", "vbpr", "freedom")])
+def test_item_embeddings_are_what_the_model_scores_with(name, tiny_data):
+    """embedding_view reads the newer backbones' user and item vectors from their evaluation pass (the first four
+    have their own branch, tested in test_embedding_view); their products must be the ranking scores."""
+    from clear_lab.embedding_view import eval_vectors, item_embeddings
+
+    torch.manual_seed(0)
+    model = get_model(name)(tiny_data, {})
+    model.eval()
+    with torch.no_grad():
+        users_vec, items_vec = eval_vectors(model)
+        model.begin_eval()
+        expected = model.scores(torch.arange(7))
+        model.end_eval()
+    torch.testing.assert_close(users_vec[:7] @ items_vec.T, expected, rtol=1e-4, atol=1e-5)
+    assert item_embeddings(model).shape == (tiny_data.n_items, items_vec.shape[1])
